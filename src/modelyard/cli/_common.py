@@ -1,0 +1,210 @@
+"""What every command shares: the client, errors, clearml-style multi-value options, output."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from modelyard.errors import BadRequest, ModelyardError
+
+if TYPE_CHECKING:
+    from modelyard.client import Client
+    from modelyard.settings import Settings
+
+_NUMBER = re.compile(r"^-\d|^-\.\d|^-inf$|^-nan$", re.IGNORECASE)
+
+
+@dataclass
+class Globals:
+    """The app-wide options (``--url``, ``--token``), set per invocation by the root callback."""
+
+    url: str | None = None
+    token: str | None = None
+
+
+_globals: ContextVar[Globals] = ContextVar("modelyard_cli_globals", default=Globals())  # noqa: B039
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``error: message`` to stderr; ``raise fail(...)`` exits 1."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+class Group(TyperGroup):
+    """The root group: turns every :class:`ModelyardError` into ``error: ...`` and exit 1."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModelyardError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted") from None
+
+
+def expand_multi_values(args: Sequence[str], multi: set[str]) -> list[str]:
+    """``--tags a b --x`` → ``--tags a --tags b --x`` for the option names in ``multi``.
+
+    This is how clearml-serving users type list flags (argparse ``nargs='+'``); repeated
+    flags keep working. Values run until the next token that looks like an option (negative
+    numbers such as ``-1`` are values) or ``--``.
+    """
+    out: list[str] = []
+    current: str | None = None
+    seen = 0
+    for index, token in enumerate(args):
+        if token == "--":
+            out.extend(args[index:])
+            break
+        if token.startswith("-") and len(token) > 1 and not _NUMBER.match(token):
+            name, eq, _ = token.partition("=")
+            current = name if name in multi else None
+            seen = 1 if eq else 0
+            out.append(token)
+            continue
+        if current is not None:
+            if seen:
+                out.append(current)
+            seen += 1
+        out.append(token)
+    return out
+
+
+class MultiValueCommand(TyperCommand):
+    """A command whose list options accept ``--opt a b c`` as well as ``--opt a --opt b``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        multi = {
+            opt
+            for param in self.params
+            if param.param_type_name == "option" and getattr(param, "multiple", False)
+            for opt in param.opts
+        }
+        return super().parse_args(ctx, expand_multi_values(args, multi))
+
+
+def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Any:
+    """``@command(app, "add")``: a command of ``app`` with clearml-style multi-value options."""
+    return app.command(name, cls=MultiValueCommand, **kwargs)
+
+
+def settings() -> Settings:
+    from modelyard.settings import Settings
+
+    return Settings()
+
+
+@contextmanager
+def client() -> Iterator[Client]:
+    """The SDK client for this invocation: ``--url``/``--token`` over the environment."""
+    from modelyard.client import Client
+
+    opts = globals_()
+    with Client(url=opts.url, token=opts.token, settings=settings()) as c:
+        yield c
+
+
+def service_option() -> Any:
+    return typer.Option(None, "--service", help="Serving service (default: MODELYARD_SERVICE or 'default').")
+
+
+def resolve_service(service: str | None) -> str:
+    return service or settings().service
+
+
+def globals_() -> Globals:
+    """The ``--url``/``--token`` given to this invocation (set by the root callback)."""
+    return _globals.get()
+
+
+def set_globals(value: Globals) -> None:
+    _globals.set(value)
+
+
+def parse_value(text: str) -> Any:
+    """JSON when it parses (``8``, ``true``, ``[1,2]``), else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_pairs(items: Sequence[str] | None, what: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` → ``{"a": 1, "b": "x"}``."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise BadRequest(f"{what} {item!r} is not of the form key=value")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    title: str | None = None,
+    empty: str | None = None,
+) -> None:
+    """A rich table on stdout; ``empty`` is printed instead when there are no rows."""
+    if not rows and empty:
+        typer.echo(empty)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=title, show_lines=False, header_style="bold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+@contextmanager
+def upload_progress(label: str) -> Iterator[Any]:
+    """A rich progress bar on stderr; yields the ``progress(done, total)`` callback."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = Console(file=sys.stderr)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield progress
+
+
+def short_time(value: Any) -> str:
+    """``2024-05-01T12:30:00.123+00:00`` → ``2024-05-01 12:30:00``."""
+    text = str(value or "")
+    return text.replace("T", " ")[:19]

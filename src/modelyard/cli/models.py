@@ -1,0 +1,154 @@
+"""``modelyard model ...``: upload, register, list, show, publish, tag and remove models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from modelyard.cli import _common as common
+
+app = typer.Typer(help="Upload and manage models in the registry.", no_args_is_help=True)
+
+
+@common.command(app, "upload")
+def upload(
+    name: str = typer.Option(..., "--name", help="Model name."),
+    project: str = typer.Option(..., "--project", help="Project the model belongs to."),
+    framework: str = typer.Option(
+        ..., "--framework", help="Framework (sklearn, xgboost, lightgbm, onnx, torch...)."
+    ),
+    path: Path | None = typer.Option(
+        None, "--path", help="Model file or folder to upload (a folder is sent as a .tar.gz)."
+    ),
+    url: str | None = typer.Option(
+        None, "--url", help="Register a remote file instead (http(s)://, s3://, gs://, az://)."
+    ),
+    publish: bool = typer.Option(False, "--publish", help="Publish the model right away."),
+    tags: list[str] | None = typer.Option(None, "--tags", help="Tags: --tags a b c."),
+    metadata: list[str] | None = typer.Option(
+        None, "--metadata", help="Metadata: --metadata key=value ... (values may be JSON)."
+    ),
+) -> None:
+    """Upload a model (or register a remote one); prints the new model's id on the last line."""
+    if (path is None) == (url is None):
+        raise common.fail("give exactly one of --path (upload a file) or --url (register a URL)")
+    meta = common.parse_pairs(metadata, "metadata")
+    with common.client() as c:
+        if path is not None:
+            if not path.exists():
+                raise common.fail(f"--path {str(path)!r} does not exist")
+            label = f"uploading {path.name}" + ("/ (packed)" if path.is_dir() else "")
+            with common.upload_progress(label) as progress:
+                model = c.upload_model(
+                    path,
+                    name=name,
+                    project=project,
+                    framework=framework,
+                    tags=tags or (),
+                    publish=publish,
+                    metadata=meta,
+                    progress=progress,
+                )
+        else:
+            assert url is not None
+            model = c.register_model_url(
+                url,
+                name=name,
+                project=project,
+                framework=framework,
+                tags=tags or (),
+                publish=publish,
+                metadata=meta,
+            )
+    typer.echo(
+        f"model {model.get('name')!r} version {model.get('version')} in project "
+        f"{model.get('project')!r} registered{' and published' if model.get('published') else ''}",
+        err=True,
+    )
+    typer.echo(model["id"])
+
+
+@common.command(app, "list")
+def list_(
+    name: str | None = typer.Option(None, "--name", help="Name (regular expression, full match)."),
+    project: str | None = typer.Option(None, "--project", help="Project."),
+    framework: str | None = typer.Option(None, "--framework", help="Framework."),
+    tags: list[str] | None = typer.Option(None, "--tags", help="Tags that must all be present."),
+    published: bool | None = typer.Option(
+        None, "--published/--unpublished", help="Only published (or unpublished) models."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="At most this many models."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List models, newest first."""
+    with common.client() as c:
+        models = c.list_models(
+            name=name,
+            project=project,
+            framework=framework,
+            tags=tags or None,
+            published=published,
+            limit=limit,
+        )
+    if as_json:
+        common.print_json(models)
+        return
+    rows = []
+    for m in models:
+        artifact = m.get("artifact") or {}
+        rows.append(
+            [
+                m.get("id"),
+                m.get("name"),
+                m.get("project"),
+                m.get("version"),
+                m.get("framework"),
+                " ".join(m.get("tags") or []),
+                "yes" if m.get("published") else "no",
+                artifact.get("filename") or m.get("url") or "",
+                common.short_time(m.get("created_at")),
+            ]
+        )
+    common.print_table(
+        ["id", "name", "project", "version", "framework", "tags", "published", "file", "created"],
+        rows,
+        empty="no models",
+    )
+
+
+@app.command("show")
+def show(model_id: str = typer.Argument(..., help="The model's id.")) -> None:
+    """Print a model as JSON."""
+    with common.client() as c:
+        common.print_json(c.get_model(model_id))
+
+
+@app.command("publish")
+def publish_(model_id: str = typer.Argument(..., help="The model's id.")) -> None:
+    """Publish a model (auto-deploy rules and --published queries pick published models)."""
+    with common.client() as c:
+        model = c.publish_model(model_id)
+    typer.echo(f"model {model_id} ({model.get('name')} v{model.get('version')}) published")
+
+
+@common.command(app, "tag")
+def tag(
+    model_id: str = typer.Argument(..., help="The model's id."),
+    add: list[str] | None = typer.Option(None, "--add", help="Tags to add: --add a b."),
+    remove: list[str] | None = typer.Option(None, "--remove", help="Tags to remove."),
+) -> None:
+    """Add and remove a model's tags."""
+    if not add and not remove:
+        raise common.fail("nothing to do: give --add and/or --remove")
+    with common.client() as c:
+        model = c.tag_model(model_id, add=add or (), remove=remove or ())
+    typer.echo(f"model {model_id} tags: {' '.join(model.get('tags') or []) or '(none)'}")
+
+
+@app.command("remove")
+def remove_(model_id: str = typer.Argument(..., help="The model's id.")) -> None:
+    """Remove a model (refused while an endpoint uses it)."""
+    with common.client() as c:
+        c.remove_model(model_id)
+    typer.echo(f"model {model_id} removed")

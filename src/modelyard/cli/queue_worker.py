@@ -1,0 +1,95 @@
+"""``modelyard queue-worker``: consume a Redis stream of inference inputs (see docs/queue.md).
+
+The lead registers :func:`queue_worker` in the main app
+(``app.command("queue-worker")(queue_worker)``); ``python -m modelyard.cli.queue_worker``
+runs it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def queue_worker(
+    service: str | None = typer.Option(
+        None, "--service", help="The serving service whose endpoints the worker runs (default: default)."
+    ),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="Default endpoint (iris/1) for entries without an 'endpoint' field."
+    ),
+    stream: str = typer.Option("serving_stream", "--stream", help="The Redis input stream."),
+    redis_url: str | None = typer.Option(
+        None,
+        "--redis-url",
+        envvar="MODELYARD_REDIS_URL",
+        help="Redis URL (default redis://127.0.0.1:6379/0).",
+    ),
+    control_plane: str | None = typer.Option(
+        None, "--control-plane", "--url", envvar="MODELYARD_URL", help="Control plane URL to follow."
+    ),
+    token: str | None = typer.Option(None, "--token", envvar="MODELYARD_TOKEN", help="API token."),
+    consumers: int = typer.Option(1, "--consumers", min=1, help="Concurrent consumers in this process."),
+    group: str = typer.Option("modelyard", "--group", help="Consumer group name."),
+    consumer: str | None = typer.Option(None, "--consumer", help="Consumer name prefix (default host-pid)."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, max=4096, help="Entries read per batch."),
+    block_ms: int = typer.Option(1000, "--block-ms", min=1, help="How long one read waits for entries."),
+    claim_idle_ms: int = typer.Option(
+        30_000, "--claim-idle-ms", min=1, help="Reclaim entries another consumer left pending this long."
+    ),
+    max_failures: int = typer.Option(
+        3, "--max-failures", min=1, help="Deliveries before an entry goes to the dead-letter stream."
+    ),
+    result_ttl: int = typer.Option(86_400, "--result-ttl", min=1, help="Seconds results are kept."),
+    keep_acked: bool = typer.Option(
+        False, "--keep-acked", help="Keep acknowledged entries in the stream (default: delete them)."
+    ),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve /metrics on this port."),
+    home: Path | None = typer.Option(None, "--home", help="State folder (token file, cache)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Artifact cache folder."),
+    log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning..."),
+) -> None:
+    """Run a queue worker: read inputs from a Redis stream, run them, write results by uri."""
+    from modelyard.queue.runner import run_worker
+    from modelyard.queue.worker import WorkerConfig
+    from modelyard.settings import Settings
+
+    overrides: dict[str, Any] = {
+        "service": service,
+        "redis_url": redis_url,
+        "control_plane_url": control_plane,
+        "token": token,
+        "home": home,
+        "cache_dir": cache_dir,
+        "log_level": log_level,
+    }
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = WorkerConfig(
+        stream=stream,
+        group=group,
+        consumer=consumer or "",
+        endpoint=endpoint.strip("/") if endpoint else None,
+        consumers=consumers,
+        batch_size=batch_size,
+        block_ms=block_ms,
+        claim_idle_ms=claim_idle_ms,
+        max_failures=max_failures,
+        result_ttl_s=result_ttl,
+        delete_acked=not keep_acked,
+    )
+    asyncio.run(run_worker(settings, config, metrics_port=metrics_port))
+
+
+def main() -> None:
+    typer.run(queue_worker)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""Prometheus metrics of an inference replica, on a registry owned by a :class:`Metrics` object.
+
+No global registry: the composition root builds one :class:`Metrics` per process and hands
+it to the runtime and data plane; tests build as many as they like.
+
+Several uvicorn workers: the composition root sets ``PROMETHEUS_MULTIPROC_DIR`` to a folder it
+empties at start (before the workers are spawned, so their prometheus_client picks the mmap
+value class) and passes the same folder here. A scrape, answered by any worker, then reads
+every worker's files (:class:`~prometheus_client.multiprocess.MultiProcessCollector`): counters
+and histograms are summed over workers (dead ones included, so nothing goes backwards), gauges
+use the ``live*`` modes and a worker's live gauges are dropped when it exits (``mark_process_dead``
+on shutdown, and at scrape time for workers that died without saying so). Process CPU/memory
+is reported per live worker with a ``pid`` label.
+
+Hot path: :meth:`Metrics.endpoint` returns an :class:`EndpointInstruments` with every labelled
+child resolved once per endpoint version; a request then costs a few lock-protected adds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from modelyard.metrics_custom import CustomStatistics
+
+log = logging.getLogger("modelyard.metrics")
+
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+STATES = ("loading", "updating", "ready", "failed")
+STAGES = ("preprocess", "queue", "process", "postprocess")
+ENDPOINT_LABELS = ("service", "endpoint", "version")
+
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+class EndpointInstruments:
+    """Every metric child of one endpoint version, resolved once (not per request)."""
+
+    __slots__ = (
+        "_code_children",
+        "_requests",
+        "batch_size",
+        "custom",
+        "duration",
+        "endpoint",
+        "generation",
+        "inflight",
+        "labels",
+        "ok",
+        "postprocess",
+        "preprocess",
+        "process",
+        "queue",
+        "version",
+    )
+
+    def __init__(self, metrics: Metrics, endpoint: str, version: str) -> None:
+        labels = (metrics.service, endpoint, version)
+        self.labels = labels
+        self.endpoint = endpoint
+        self.version = version
+        self._requests = metrics.requests
+        self.ok = metrics.requests.labels(*labels, "200")
+        self._code_children: dict[int, Any] = {200: self.ok}
+        self.duration = metrics.request_duration.labels(*labels)
+        stage = metrics.stage_duration
+        self.preprocess = stage.labels(*labels, "preprocess")
+        self.queue = stage.labels(*labels, "queue")
+        self.process = stage.labels(*labels, "process")
+        self.postprocess = stage.labels(*labels, "postprocess")
+        self.inflight = metrics.inflight.labels(*labels)
+        self.batch_size = metrics.batch_size.labels(*labels)
+        self.custom: Any = None
+        """The endpoint's :class:`~modelyard.metrics_custom.CustomRecorder`, or None."""
+        self.generation = -1
+        """The custom-rule generation :attr:`custom` was bound for (set by the data plane)."""
+
+    def count(self, code: int) -> None:
+        """One finished request with status ``code``."""
+        child = self._code_children.get(code)
+        if child is None:
+            child = self._code_children[code] = self._requests.labels(*self.labels, str(code))
+        child.inc()
+
+    def stages(self, queue: float | None, pre: float | None, process: float, post: float | None) -> None:
+        """Per-stage seconds of one request; ``None`` for a stage this endpoint does not have."""
+        if queue is not None:
+            self.queue.observe(queue)
+        if pre is not None:
+            self.preprocess.observe(pre)
+        self.process.observe(process)
+        if post is not None:
+            self.postprocess.observe(post)
+
+
+class BatchMetrics:
+    """Queue wait of every request in a dynamic batch, as the ``queue`` stage.
+
+    The batch size itself is observed where batches run (``LoadedEndpoint.run_many``), which
+    also covers queue-worker batches; refusals are counted as 503 by the data plane.
+    """
+
+    def __init__(self, endpoints: dict[str, EndpointInstruments]) -> None:
+        self._endpoints = endpoints
+
+    def batch(self, key: str, size: int, queue_wait_s: Iterable[float]) -> None:
+        inst = self._endpoints.get(key)
+        if inst is not None:
+            observe = inst.queue.observe
+            for wait in queue_wait_s:
+                observe(wait)
+
+    def overloaded(self, key: str) -> None:
+        pass
+
+
+class Metrics:
+    """The standard metrics of one process, plus custom statistics. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        service: str = "default",
+        multiprocess_dir: str | Path | None = None,
+        gpu: bool = True,
+    ) -> None:
+        self.service = service
+        self.multiprocess_dir = str(multiprocess_dir) if multiprocess_dir else None
+        self.registry = CollectorRegistry()
+        r = self.registry
+        names = list(ENDPOINT_LABELS)
+        self.requests = Counter(
+            "modelyard_requests",
+            "Requests answered, by endpoint version and HTTP status code.",
+            [*names, "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "modelyard_request_duration_seconds",
+            "Time from routing a request to its answer (all stages).",
+            names,
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "modelyard_stage_duration_seconds",
+            "Time spent per stage: preprocess, queue (waiting for a worker or batch), process, postprocess.",
+            [*names, "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "modelyard_inflight_requests",
+            "Requests being processed now.",
+            names,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.batch_size = Histogram(
+            "modelyard_batch_size",
+            "Requests per engine batch (dynamic batching, queue batches).",
+            names,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "modelyard_model_load_seconds",
+            "Time to load an endpoint version (fetch artifacts, import code, load the model).",
+            [*names, "engine"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.load_failures = Counter(
+            "modelyard_model_load_failures",
+            "Endpoint version loads that failed.",
+            [*names, "engine"],
+            registry=r,
+        )
+        self.endpoint_state = Gauge(
+            "modelyard_endpoint_state",
+            "1 for the state each endpoint version is in (summed over worker processes).",
+            [*names, "state"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.config_revision = Gauge(
+            "modelyard_config_revision",
+            "Configuration revision applied (the lowest over live worker processes).",
+            ["service"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.custom_errors = Counter(
+            "modelyard_custom_statistics_errors",
+            "Custom statistics values dropped because recording them failed.",
+            ["service"],
+            registry=r,
+        )
+        self.custom = CustomStatistics(r, service, self.custom_errors.labels(service))
+        self._unrouted: dict[tuple[str, str, int], Any] = {}
+        self._endpoints: dict[str, EndpointInstruments] = {}
+        self._states: dict[str, tuple[str, str, str]] = {}
+        self._gpu = gpu_collector() if gpu else None
+        if self.multiprocess_dir is None:
+            from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+            if self._gpu is not None:
+                r.register(self._gpu)
+
+    # -- per endpoint -----------------------------------------------------------------------------
+    def endpoint(self, endpoint: str, version: str) -> EndpointInstruments:
+        """The instruments of one endpoint version (one object per version, reused)."""
+        key = f"{endpoint}/{version}" if version else endpoint
+        inst = self._endpoints.get(key)
+        if inst is None:
+            inst = self._endpoints[key] = EndpointInstruments(self, endpoint, version)
+        return inst
+
+    def batch_observer(self) -> BatchMetrics:
+        """The dynamic batcher's observer (:class:`modelyard.serving.batching.BatchObserver`)."""
+        return BatchMetrics(self._endpoints)
+
+    def count_unrouted(self, endpoint: str, version: str, code: int) -> None:
+        """A request that never reached an endpoint version (unknown, loading, bad body)."""
+        key = (endpoint, version, code)
+        child = self._unrouted.get(key)
+        if child is None:
+            child = self._unrouted[key] = self.requests.labels(self.service, endpoint, version, str(code))
+        child.inc()
+
+    def loaded(self, endpoint: str, version: str, engine: str, seconds: float) -> None:
+        self.load_seconds.labels(self.service, endpoint, version, engine).observe(seconds)
+
+    def load_failed(self, endpoint: str, version: str, engine: str) -> None:
+        self.load_failures.labels(self.service, endpoint, version, engine).inc()
+
+    def set_states(self, revision: int, states: Iterable[tuple[str, str, str]]) -> None:
+        """Endpoint versions ``(endpoint, version, state)`` now; versions no longer listed go to 0."""
+        self.config_revision.labels(self.service).set(revision)
+        current = {f"{e}/{v}": (e, v, s) for e, v, s in states}
+        for key, (endpoint, version, state) in list(self._states.items()):
+            now = current.get(key)
+            if now is None or now[2] != state:
+                self.endpoint_state.labels(self.service, endpoint, version, state).set(0)
+                if now is None:
+                    del self._states[key]
+        for key, (endpoint, version, state) in current.items():
+            self.endpoint_state.labels(self.service, endpoint, version, state).set(1)
+            self._states[key] = (endpoint, version, state)
+
+    # -- exposition -------------------------------------------------------------------------------
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition (body, content type) of this process or all workers."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        prune_dead_workers(self.multiprocess_dir)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        registry.register(WorkerProcessCollector(self.multiprocess_dir))
+        if self._gpu is not None:
+            registry.register(self._gpu)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def own_samples(self, name: str) -> Iterator[Any]:
+        """This process's samples of metric family ``name`` (for status reports, not scrapes)."""
+        for family in self.registry.collect():
+            if family.name == name:
+                yield from family.samples
+
+    def close(self) -> None:
+        """A worker leaving: drop its live gauges from the shared folder."""
+        if self.multiprocess_dir is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            try:
+                mark_process_dead(os.getpid(), self.multiprocess_dir)
+            except OSError as exc:
+                log.debug("mark_process_dead failed: %s", exc)
+
+
+# -- several worker processes --------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_pids(path: str) -> set[int]:
+    """Pids that wrote metric files into the multiprocess folder ``path``."""
+    pids = set()
+    for name in os.listdir(path):
+        match = _PID_FILE.search(name)
+        if match:
+            pids.add(int(match.group(1)))
+    return pids
+
+
+def prune_dead_workers(path: str) -> None:
+    """``mark_process_dead`` for workers that died without shutting down (killed, crashed)."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    for pid in worker_pids(path):
+        if pid != os.getpid() and not _alive(pid):
+            try:
+                mark_process_dead(pid, path)
+            except OSError:
+                pass
+
+
+class WorkerProcessCollector(Collector):
+    """The client's process metrics (CPU, memory, fds) for every live worker, labelled ``pid``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client import ProcessCollector
+
+        merged: dict[str, Metric] = {}
+        for pid in sorted(worker_pids(self.path)):
+            if not _alive(pid):
+                continue
+            collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)  # type: ignore[misc]
+            for family in collector.collect():
+                out = merged.get(family.name)
+                if out is None:
+                    out = merged[family.name] = Metric(family.name, family.documentation, family.type)
+                for sample in family.samples:
+                    out.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        return list(merged.values())
+
+
+# -- GPUs ------------------------------------------------------------------------------------------
+
+
+class GpuCollector(Collector):
+    """Utilisation and memory of every NVIDIA device, read through NVML at scrape time."""
+
+    def __init__(self, nvml: Any, count: int) -> None:
+        self.nvml = nvml
+        self.count = count
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        util = GaugeMetricFamily(
+            "modelyard_gpu_utilization_ratio",
+            "GPU busy fraction over the last sample period.",
+            labels=["gpu"],
+        )
+        used = GaugeMetricFamily("modelyard_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"])
+        total = GaugeMetricFamily("modelyard_gpu_memory_total_bytes", "GPU memory installed.", labels=["gpu"])
+        for index in range(self.count):
+            try:
+                handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+                rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception as exc:  # a device can vanish or error; the rest still reports
+                log.debug("NVML read of GPU %d failed: %s", index, exc)
+                continue
+            util.add_metric([str(index)], float(rates.gpu) / 100.0)
+            used.add_metric([str(index)], float(memory.used))
+            total.add_metric([str(index)], float(memory.total))
+        return [util, used, total]
+
+
+def gpu_collector() -> GpuCollector | None:
+    """A :class:`GpuCollector` when pynvml imports and finds a device; None otherwise (silently)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = int(pynvml.nvmlDeviceGetCount())
+    except Exception:
+        return None
+    return GpuCollector(pynvml, count) if count > 0 else None

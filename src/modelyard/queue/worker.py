@@ -1,0 +1,410 @@
+"""The stream worker: a consumer group that turns queue entries into results, losing none.
+
+One consumer's loop::
+
+    every claim interval: XAUTOCLAIM entries idle > claim_idle_ms   (a dead worker's batch)
+    XREADGROUP GROUP g c COUNT batch BLOCK block_ms STREAMS s >
+    decode each entry → group by endpoint → DataPlane.infer_many (one stacked engine call)
+    one Lua call: SET result NX EX ttl + ZADD index, per entry; XACK (+ XDEL) the batch
+
+At-least-once: an entry is acknowledged only after its result is stored, so a
+worker killed mid-batch leaves its entries pending and another consumer claims
+them. Result writes are ``SET NX``: a redelivered entry whose result exists is
+a counted duplicate, never a second answer. Errors of one input (undecodable,
+wrong shape, unknown endpoint, user code raising) are answered at once with
+the error; transient failures (endpoint loading or unavailable, unexpected
+worker errors) leave the entry pending for a retry. An entry delivered more
+than ``max_failures`` times is answered with the last error, copied to the
+dead-letter stream and acknowledged, so it never blocks the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from modelyard.config import split_endpoint_key
+from modelyard.errors import BadRequest, ModelyardError, Unavailable
+from modelyard.queue import codec
+from modelyard.queue.keys import QueueKeys, Result
+from modelyard.queue.metrics import WorkerMetrics
+from modelyard.queue.options import WorkerConfig, default_consumer_name
+from modelyard.queue.scripts import COMMIT
+
+log = logging.getLogger("modelyard.queue")
+__all__ = ["QueueWorker", "WorkerConfig"]
+
+InferMany = Callable[[str, str | None, list[Any]], Awaitable[tuple[str, list[Any]]]]
+"""``DataPlane.infer_many``: ``(endpoint, version, bodies) -> (key, [value or error])``."""
+
+Entry = tuple[str, dict[bytes, bytes]]
+
+
+@dataclass
+class _Item:
+    entry_id: str
+    fields: dict[bytes, bytes]
+    deliveries: int
+    uri: str | None = None
+    body: Any = None
+    endpoint: str = ""
+    error: ModelyardError | None = None
+    result: Result | None = None
+    transient: str | None = None
+    blob: bytes = b""
+
+
+class QueueWorker:
+    """Consumes one stream with ``config.consumers`` concurrent consumers in this process."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        infer_many: InferMany,
+        config: WorkerConfig,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.redis: Any = client  # redis-py's reply types are unions of every decoding
+        self.infer_many = infer_many
+        self.config = config
+        self.keys = QueueKeys(config.stream)
+        self.metrics = metrics or WorkerMetrics()
+        self._commit = client.register_script(COMMIT)
+        idle_s = config.claim_idle_ms / 1000
+        self.claim_interval = config.claim_interval_s or min(max(idle_s / 2, 0.05), 5.0)
+        self._last_claim: dict[str, float] = {}
+        self.name = config.consumer or default_consumer_name()
+        self._latency = self.metrics.latency.labels(config.stream)
+        self.stopping = asyncio.Event()
+
+    # -- setup and loops --------------------------------------------------------------------------
+    async def ensure_group(self) -> None:
+        """Create the consumer group (from the stream's start, so no earlier entry is skipped)."""
+        try:
+            await self.redis.xgroup_create(self.config.stream, self.config.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; the current batch of each consumer is finished first."""
+        await self.ensure_group()
+        tasks = [
+            asyncio.create_task(self._consume(self.config.consumer_name(i)))
+            for i in range(self.config.consumers)
+        ]
+        tasks.append(asyncio.create_task(self._gauges()))
+        try:
+            await self.stopping.wait()
+        finally:
+            tasks[-1].cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.redis.hdel(self.keys.workers, self.name)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("queue consumer failed: %r", result)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def _consume(self, consumer: str) -> None:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                await self.step(consumer)
+                backoff = 0.1
+            except (OSError, aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("Redis unreachable from consumer %s (%s); retrying", consumer, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:  # a consumer never dies: its entries stay pending, retried
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    log.warning("stream %s or its group is gone; creating it again", self.config.stream)
+                    with contextlib.suppress(Exception):
+                        await self.ensure_group()
+                    continue
+                log.exception("consumer %s failed on a batch; going on", consumer)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _gauges(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.update_gauges()
+            await asyncio.sleep(self.config.gauge_interval_s)
+
+    async def update_gauges(self) -> None:
+        c, m = self.config, self.metrics
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(c.stream)
+        pipe.xlen(self.keys.dead)
+        pipe.xinfo_groups(c.stream)
+        pipe.zremrangebyscore(self.keys.index, "-inf", time.time() * 1000 - c.result_ttl_s * 1000)
+        pipe.hset(self.keys.workers, self.name, repr(time.time() * 1000))
+        length, dead, groups, *_ = await pipe.execute()
+        m.length.labels(c.stream).set(length)
+        m.dead_length.labels(c.stream).set(dead)
+        for group in groups:
+            if _text(group.get("name")) == c.group:
+                m.pending.labels(c.stream, c.group).set(group.get("pending") or 0)
+                lag = group.get("lag")
+                if lag is not None:
+                    m.lag.labels(c.stream, c.group).set(lag)
+
+    # -- one iteration ------------------------------------------------------------------------------
+    async def step(self, consumer: str, block_ms: int | None = None) -> int:
+        """Claim stale entries if due, else read new ones; process them. Entries handled."""
+        now = time.monotonic()
+        if now - self._last_claim.get(consumer, 0.0) >= self.claim_interval:
+            self._last_claim[consumer] = now
+            handled = await self.claim(consumer)
+            if handled:
+                return handled
+        block = self.config.block_ms if block_ms is None else block_ms
+        reply = await self.redis.xreadgroup(
+            self.config.group,
+            consumer,
+            {self.config.stream: ">"},
+            count=self.config.batch_size,
+            block=block or None,
+        )
+        entries: list[Entry] = [
+            (_text(i), f) for _, items in (reply or []) for i, f in items if f is not None
+        ]
+        if entries:
+            await self.process(consumer, entries, {})
+        return len(entries)
+
+    async def claim(self, consumer: str) -> int:
+        """XAUTOCLAIM entries idle longer than ``claim_idle_ms`` and process them."""
+        c = self.config
+        start, total = "0-0", 0
+        while True:
+            reply = await self.redis.xautoclaim(
+                c.stream, c.group, consumer, c.claim_idle_ms, start_id=start, count=c.batch_size
+            )
+            start = _text(reply[0])
+            entries: list[Entry] = [(_text(i), f) for i, f in reply[1] if f is not None]
+            if entries:
+                self.metrics.reclaimed.labels(c.stream).inc(len(entries))
+                pending = await self.redis.xpending_range(
+                    c.stream, c.group, entries[0][0], entries[-1][0], len(entries) + 16, consumer
+                )
+                counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+                log.info("consumer %s claimed %d idle entries", consumer, len(entries))
+                await self.process(consumer, entries, counts)
+                total += len(entries)
+            if start == "0-0" or total >= c.batch_size * 4:
+                return total
+
+    # -- a batch ------------------------------------------------------------------------------------
+    async def process(self, consumer: str, entries: list[Entry], deliveries: dict[str, int]) -> None:
+        c, m = self.config, self.metrics
+        started = time.perf_counter()
+        m.batch_size.labels(c.stream).observe(len(entries))
+        items = [_Item(i, f, deliveries.get(i, 1)) for i, f in entries]
+        dead = [it for it in items if it.deliveries > c.max_failures]
+        live = [it for it in items if it.deliveries <= c.max_failures]
+        groups: dict[str, list[_Item]] = {}
+        for it in live:
+            self._decode(it)
+            if it.error is None:
+                groups.setdefault(it.endpoint, []).append(it)
+        await asyncio.gather(*(self._infer(key, group) for key, group in groups.items()))
+        done_ms = time.time() * 1000
+        finished, retry = [], []
+        for it in live:
+            if it.transient is not None:
+                retry.append(it)
+                continue
+            if it.result is None:
+                it.result = self._error_result(it, it.error or ModelyardError("no result"))
+            it.result.finished_ms, it.result.worker, it.result.deliveries = done_ms, consumer, it.deliveries
+            try:
+                it.blob = it.result.encode()
+            except (TypeError, ValueError) as exc:
+                err = ModelyardError(f"the endpoint's answer cannot be encoded for the queue: {exc}")
+                it.result = self._error_result(it, err, it.result.endpoint)
+                it.result.finished_ms, it.result.worker, it.result.deliveries = (
+                    done_ms,
+                    consumer,
+                    it.deliveries,
+                )
+                it.blob = it.result.encode()
+            finished.append(it)
+        dups = await self._store(finished, done_ms)
+        if dups:
+            m.duplicates.labels(c.stream).inc(dups)
+        ok: dict[str, int] = {}
+        failed: dict[str, int] = {}
+        latency = self._latency
+        for it in finished:
+            r = it.result
+            assert r is not None
+            if r.ok:
+                key = r.endpoint or it.endpoint
+                ok[key] = ok.get(key, 0) + 1
+            else:
+                failed[r.kind or "error"] = failed.get(r.kind or "error", 0) + 1
+            if r.enqueued_ms is not None:
+                latency.observe(max(0.0, (done_ms - r.enqueued_ms) / 1000))
+        for key, n in ok.items():
+            m.processed.labels(c.stream, key).inc(n)
+        for kind, n in failed.items():
+            m.failed.labels(c.stream, kind).inc(n)
+        if retry:
+            await self._note_transient(retry)
+        for it in dead:
+            await self._dead_letter(consumer, it)
+        m.batch_seconds.labels(c.stream).observe(time.perf_counter() - started)
+
+    def _decode(self, it: _Item) -> None:
+        f = it.fields
+        raw_uri = f.get(b"uri")
+        if raw_uri:
+            try:
+                it.uri = raw_uri.decode()
+            except UnicodeDecodeError:
+                it.uri = None
+        if not it.uri:
+            it.error = BadRequest("entry has no 'uri' field (or it is not UTF-8); it cannot be answered")
+            return
+        endpoint = f.get(b"endpoint")
+        it.endpoint = (
+            endpoint.decode(errors="replace").strip("/") if endpoint else (self.config.endpoint or "")
+        )
+        if not it.endpoint:
+            it.error = BadRequest("entry names no endpoint and the worker has no default --endpoint")
+            return
+        data = f.get(b"data")
+        if data is None:
+            it.error = BadRequest("entry has no 'data' field with the inputs")
+            return
+        try:
+            it.body = codec.decode_inputs(data)
+        except ModelyardError as exc:
+            it.error = exc
+
+    async def _infer(self, key: str, items: list[_Item]) -> None:
+        endpoint, version = split_endpoint_key(key)
+        try:
+            answered, outcomes = await self.infer_many(endpoint, version or None, [it.body for it in items])
+        except Unavailable as exc:
+            for it in items:
+                it.transient = f"{exc.kind}: {exc.message}"
+            return
+        except ModelyardError as exc:  # NotFound, BadRequest: the same answer on every retry
+            for it in items:
+                it.error = exc
+            return
+        except Exception as exc:
+            log.exception("inference on %s failed", key)
+            for it in items:
+                it.transient = f"error: {type(exc).__name__}: {exc}"
+            return
+        for it, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, Unavailable):
+                it.transient = f"{outcome.kind}: {outcome.message}"
+            elif isinstance(outcome, ModelyardError):
+                it.error = outcome
+                it.result = self._error_result(it, outcome, answered)
+            else:
+                it.result = Result(uri=it.uri or "", ok=True, value=outcome, endpoint=answered)
+                it.result.enqueued_ms = _enqueued(it)
+
+    def _error_result(self, it: _Item, exc: ModelyardError, answered: str | None = None) -> Result:
+        return Result(
+            uri=it.uri or "",
+            ok=False,
+            error=exc.message,
+            kind=exc.kind,
+            endpoint=answered or it.endpoint or None,
+            enqueued_ms=_enqueued(it),
+        )
+
+    async def _store(self, finished: list[_Item], now_ms: float) -> int:
+        """Write results (NX) and acknowledge every finished entry in one call; duplicates."""
+        c = self.config
+        answerable = [it for it in finished if it.uri]
+        unanswerable = [it for it in finished if not it.uri]
+        for it in unanswerable:  # no uri, no result key: keep the entry for inspection
+            await self.redis.xadd(
+                self.keys.dead, _dead_fields(it, it.result.error if it.result else "no uri")
+            )
+            self.metrics.dead_lettered.labels(c.stream).inc()
+        if not finished:
+            return 0
+        keys = [c.stream, self.keys.index, self.keys.errors, self.keys.stats]
+        keys += [self.keys.result(it.uri or "") for it in answerable]
+        args: list[Any] = [c.group, c.result_ttl_s, repr(now_ms), int(c.delete_acked)]
+        args.append(int(any(it.deliveries > 1 for it in finished)))
+        for it in answerable:
+            args += [it.blob, it.uri]
+        args += [it.entry_id for it in finished]
+        return int(await self._commit(keys=keys, args=args))
+
+    async def _note_transient(self, items: list[_Item]) -> None:
+        c = self.config
+        self.metrics.retried.labels(c.stream).inc(len(items))
+        await self.redis.hset(self.keys.errors, mapping={it.entry_id: it.transient or "" for it in items})
+        log.warning("%d entries of %s left pending for a retry: %s", len(items), c.stream, items[0].transient)
+
+    async def _dead_letter(self, consumer: str, it: _Item) -> None:
+        """Answer an entry delivered too often with its last error and move it to the dead stream."""
+        c = self.config
+        last = await self.redis.hget(self.keys.errors, it.entry_id)
+        reason = (
+            _text(last) if last else "a worker stopped while processing it (killed, crashed or out of memory)"
+        )
+        kind, _, message = reason.partition(": ") if ": " in reason else ("error", "", reason)
+        text = f"gave up after {it.deliveries - 1} failed deliveries: {message}"
+        self._decode(it)
+        stored = False
+        if it.uri:
+            result = Result(uri=it.uri, ok=False, error=text, kind=kind, endpoint=it.endpoint or None,
+                            dead_lettered=True, deliveries=it.deliveries, enqueued_ms=_enqueued(it),
+                            finished_ms=time.time() * 1000, worker=consumer)  # fmt: skip
+            stored = bool(
+                await self.redis.set(self.keys.result(it.uri), result.encode(), nx=True, ex=c.result_ttl_s)
+            )
+            if stored:
+                await self.redis.zadd(self.keys.index, {it.uri: time.time() * 1000})
+        pipe = self.redis.pipeline(transaction=True)
+        if stored or not it.uri:
+            pipe.xadd(self.keys.dead, _dead_fields(it, text))
+            pipe.hincrby(self.keys.stats, "dead_lettered", 1)
+        pipe.xack(c.stream, c.group, it.entry_id)
+        if c.delete_acked:
+            pipe.xdel(c.stream, it.entry_id)
+        pipe.hdel(self.keys.errors, it.entry_id)
+        await pipe.execute()
+        if stored or not it.uri:
+            self.metrics.dead_lettered.labels(c.stream).inc()
+            log.warning("dead-lettered entry %s (uri %r): %s", it.entry_id, it.uri, text)
+
+
+def _dead_fields(it: _Item, error: str | None) -> dict[Any, Any]:
+    fields: dict[Any, Any] = dict(it.fields)
+    fields.update({"error": error or "", "deliveries": it.deliveries, "entry_id": it.entry_id})
+    return fields
+
+
+def _enqueued(it: _Item) -> float | None:
+    raw = it.fields.get(b"t")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

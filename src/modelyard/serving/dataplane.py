@@ -1,0 +1,250 @@
+"""The data plane's core: route a decoded request to an endpoint version and run it.
+
+Transport-free: the HTTP app, the queue worker and user code's
+``send_request`` all call :meth:`DataPlane.infer` with a decoded body and get a
+Python value back (or a :class:`~modelyard.errors.ModelyardError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from modelyard.config import EndpointConfig, MetricRule, ServiceConfig
+from modelyard.engines.registry import EngineRegistry
+from modelyard.errors import ModelLoadError, ModelyardError
+from modelyard.http_errors import status_for
+from modelyard.metrics import EndpointInstruments, Metrics
+from modelyard.metrics_custom import rule_for
+from modelyard.preprocess import UserCode
+from modelyard.serving.batching import BatchObserver
+from modelyard.serving.codec import encode_json
+from modelyard.serving.endpoint import LoadedEndpoint
+from modelyard.serving.fetch import ArtifactCache
+from modelyard.serving.routing import Headers, Router
+from modelyard.serving.table import EndpointTable
+
+log = logging.getLogger("modelyard.serving")
+
+
+def _no_statistics(values: dict[str, Any]) -> None:
+    """Default ``collect_custom_statistics_fn`` until metric rules are configured."""
+
+
+@dataclass
+class InferResult:
+    key: str
+    """The endpoint version that answered (``iris/2``)."""
+    value: Any
+
+
+class DataPlane:
+    """Routes requests over an :class:`EndpointTable` and builds its endpoints."""
+
+    def __init__(
+        self,
+        *,
+        registry: EngineRegistry,
+        cache: ArtifactCache,
+        executor: Executor,
+        nested_executor: Executor,
+        load_executor: Executor,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._rules: list[MetricRule] = []
+        self._rules_config: ServiceConfig | None = None
+        self._rules_generation = 0
+        self.registry = registry
+        self.cache = cache
+        self.executor = executor
+        self.nested_executor = nested_executor
+        self.load_executor = load_executor
+        self.table = EndpointTable(loader=self.load_endpoint)
+        self.router = Router(self.table, self._run_shadow)
+        """Canary routing; set ``router.observer`` to hear of shadow requests."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.batch_observer: BatchObserver | None = None
+        """Hears of every batch the dynamic batchers form (endpoints loaded after it is set)."""
+
+    async def infer(
+        self,
+        endpoint: str,
+        version: str | None,
+        body: Any,
+        *,
+        nested: bool = False,
+        state: dict[str, Any] | None = None,
+        headers: Headers | None = None,
+    ) -> InferResult:
+        """Run ``body`` on the endpoint version; ``state`` seeds the request's state (OIP puts
+        the request's id and parameters there). A canary name picks its target here (``headers``:
+        the request's, for sticky routing by header)."""
+        try:
+            loaded = self.router.resolve(endpoint, version, body, headers)
+        except ModelyardError as exc:
+            self.count_rejected(endpoint, version, exc)
+            raise
+        inst = self.instruments(loaded)
+        custom = inst.custom
+        sampled = custom is not None and custom.sampled()
+        state = {} if state is None else state
+        inst.inflight.inc()
+        started = time.perf_counter()
+        try:
+            value = await loaded.run(
+                body, state, custom if sampled else _no_statistics, self.nested_executor if nested else None
+            )
+        except ModelyardError as exc:
+            inst.count(status_for(exc))
+            raise
+        except asyncio.CancelledError:
+            inst.count(499)  # the client went away
+            raise
+        except BaseException:
+            inst.count(500)
+            raise
+        finally:
+            inst.inflight.dec()
+            inst.duration.observe(time.perf_counter() - started)
+        inst.ok.inc()
+        if sampled:
+            assert custom is not None
+            asyncio.get_running_loop().call_soon(custom.record_fields, body, value)
+        return InferResult(loaded.key, value)
+
+    async def _run_shadow(self, endpoint: str, version: str, body: Any) -> None:
+        await self.infer(endpoint, version, body)
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def count_rejected(self, endpoint: str, version: str | None, exc: ModelyardError) -> None:
+        """Count a request refused before it reached an endpoint version (404, 503, 400, 413).
+
+        Labelled with the endpoint only when the service declares it, so random paths cannot
+        grow the number of series.
+        """
+        declared = endpoint in self.table.versions
+        self.metrics.count_unrouted(
+            endpoint if declared else "", (version or "") if declared else "", status_for(exc)
+        )
+
+    def instruments(self, loaded: LoadedEndpoint) -> EndpointInstruments:
+        """The endpoint version's metric children, bound once (rebound when metric rules change)."""
+        config = self.table.config
+        if config is not self._rules_config:
+            self._refresh_rules(config)
+        inst = loaded.instruments
+        if inst is None:
+            inst = loaded.instruments = self.metrics.endpoint(loaded.config.endpoint, loaded.config.version)
+        if inst.generation != self._rules_generation:
+            rule = rule_for(self._rules, loaded.key)
+            inst.custom = self.metrics.custom.recorder(rule, loaded.config.endpoint, loaded.config.version)
+            inst.generation = self._rules_generation
+        return inst
+
+    def _refresh_rules(self, config: ServiceConfig | None) -> None:
+        self._rules_config = config
+        rules = list(config.metrics) if config is not None else []
+        if rules != self._rules:
+            self._rules = rules
+            self._rules_generation += 1
+
+    async def infer_many(
+        self, endpoint: str, version: str | None, bodies: list[Any]
+    ) -> tuple[str, list[Any | ModelyardError]]:
+        """Run several bodies on one endpoint version: ``(key, [value or error per body])``.
+
+        Routing errors (unknown endpoint, not loaded) raise for the whole call; errors of
+        one body come back in its slot.
+        """
+        try:
+            loaded = self.table.resolve(endpoint, version)
+        except ModelyardError as exc:
+            self.count_rejected(endpoint, version, exc)
+            raise
+        inst = self.instruments(loaded)
+        custom = inst.custom
+        collect = custom if custom is not None and custom.sampled() else _no_statistics
+        inst.inflight.inc(len(bodies))
+        started = time.perf_counter()
+        try:
+            outcomes = await loaded.run_many(bodies, collect)
+        except BaseException:
+            for _ in bodies:
+                inst.count(500)
+            raise
+        finally:
+            inst.inflight.dec(len(bodies))
+        elapsed = time.perf_counter() - started
+        for outcome in outcomes:
+            inst.count(status_for(outcome) if isinstance(outcome, ModelyardError) else 200)
+            inst.duration.observe(elapsed)
+        return loaded.key, outcomes
+
+    # -- user code's calls into other endpoints (pipelines) -------------------------------------
+    def send_request(self, endpoint: str, version: str | None = None, data: Any = None) -> Any:
+        """Blocking call for sync user code; runs the target on the event loop."""
+        assert self.loop is not None, "the data plane is not running"
+        future = asyncio.run_coroutine_threadsafe(self.async_send_request(endpoint, version, data), self.loop)
+        return future.result()
+
+    async def async_send_request(self, endpoint: str, version: str | None = None, data: Any = None) -> Any:
+        """The answer another endpoint would give over HTTP, as decoded JSON."""
+        endpoint = endpoint.strip("/")
+        if version is None and "/" in endpoint:
+            endpoint, _, version = endpoint.partition("/")
+        result = await self.infer(endpoint, version or None, data, nested=True)
+        return orjson.loads(encode_json(result.value))
+
+    # -- loading ---------------------------------------------------------------------------------
+    async def load_endpoint(self, config: EndpointConfig) -> LoadedEndpoint:
+        started = time.perf_counter()
+        try:
+            model_path = None
+            if config.model is not None:
+                if config.model.artifact is None:
+                    raise ModelLoadError(f"model {config.model.id} has no stored artifact")
+                model_path = await self.cache.path_for(config.model.artifact)
+            code_path = await self.cache.path_for(config.preprocess) if config.preprocess else None
+        except Exception:
+            self.metrics.load_failed(config.endpoint, config.version, config.engine)
+            raise
+
+        def build() -> LoadedEndpoint:
+            user = None
+            if code_path is not None:
+                user = UserCode.load(
+                    code_path,
+                    config,
+                    send_request=self.send_request,
+                    async_send_request=self.async_send_request,
+                )
+            try:
+                engine = self.registry.create(config, model_path, user)
+                engine.load()
+            except BaseException:
+                if user is not None:
+                    try:
+                        user.unload()
+                    except Exception:
+                        log.exception("unloading user code of %s failed", config.key)
+                raise
+            return LoadedEndpoint(config, engine, user, self.executor, self.batch_observer)
+
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = await loop.run_in_executor(self.load_executor, build)
+        except ModelyardError:
+            self.metrics.load_failed(config.endpoint, config.version, config.engine)
+            raise
+        except Exception as exc:
+            self.metrics.load_failed(config.endpoint, config.version, config.engine)
+            raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
+        self.metrics.loaded(config.endpoint, config.version, config.engine, time.perf_counter() - started)
+        return loaded

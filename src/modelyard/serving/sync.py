@@ -1,0 +1,161 @@
+"""Following the control plane: long-poll for new revisions, keep a last-known copy on disk.
+
+The loop asks ``GET /api/services/<s>/config?after=<rev>&wait=<s>``; the control
+plane answers as soon as the revision moves (so a change is live in well under
+a second) or with 304 after the wait. Each new configuration is written to
+``<cache>/service-<name>.json`` before it is applied, so a replica that
+restarts while the control plane is down still serves what it served before.
+Connection failures are retried with a short back-off; they never stop
+serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import orjson
+from pydantic import ValidationError
+
+from modelyard.config import ServiceConfig
+from modelyard.serving.table import EndpointTable
+
+log = logging.getLogger("modelyard.sync")
+
+
+def replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ConfigSync:
+    """Keeps an :class:`EndpointTable` on the newest revision of one service."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        http: httpx.AsyncClient,
+        table: EndpointTable,
+        cache_dir: Path,
+        wait_s: float = 20.0,
+        retry_s: float = 1.0,
+        report_status: bool = True,
+    ) -> None:
+        self.service = service
+        self.http = http
+        self.table = table
+        self.cache_file = Path(cache_dir) / f"service-{service}.json"
+        self.wait_s = wait_s
+        self.retry_s = retry_s
+        self.report_status = report_status
+        self.replica = replica_id()
+        self.synced = asyncio.Event()
+        """Set once a configuration (fresh or last-known) has been applied."""
+        self.connected = False
+        self._task: asyncio.Task[None] | None = None
+        self._report_task: asyncio.Task[None] | None = None
+        self._report_wanted = asyncio.Event()
+        table.on_change = self._report_wanted.set
+
+    # -- last-known copy ---------------------------------------------------------------------
+    def load_last_known(self) -> ServiceConfig | None:
+        try:
+            return ServiceConfig.model_validate_json(self.cache_file.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (ValidationError, ValueError) as exc:
+            log.warning("ignoring unreadable last-known config %s: %s", self.cache_file, exc)
+            return None
+
+    def _save_last_known(self, config: ServiceConfig) -> None:
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(orjson.dumps(config.model_dump(mode="json")))
+        os.replace(tmp, self.cache_file)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def start(self) -> None:
+        cached = self.load_last_known()
+        if cached is not None and cached.service == self.service:
+            log.info("serving last-known config of %s at revision %d", self.service, cached.revision)
+            self.table.apply(cached)
+            self.synced.set()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        if self.report_status:
+            self._report_task = asyncio.get_running_loop().create_task(self._report_loop())
+
+    async def stop(self) -> None:
+        for task in (self._task, self._report_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def poll_once(self, wait: float) -> ServiceConfig | None:
+        """One long-poll; returns the new config, or None when nothing changed."""
+        params: dict[str, str] = {"wait": str(wait)}
+        if self.table.config is not None:
+            params["after"] = str(self.table.revision)
+        response = await self.http.get(
+            f"/api/services/{self.service}/config", params=params, timeout=wait + 10
+        )
+        if response.status_code == 304:
+            return None
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"control plane answered {response.status_code} for service {self.service!r}: "
+                f"{response.text[:200]}"
+            )
+        return ServiceConfig.model_validate_json(response.content)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                config = await self.poll_once(self.wait_s)
+                if not self.connected:
+                    log.info("connected to the control plane for service %s", self.service)
+                self.connected = True
+                backoff = 0.05
+                if config is not None and config.revision != self.table.revision:
+                    self._save_last_known(config)
+                    self.table.apply(config)
+                elif config is not None and self.table.config is None:
+                    self.table.apply(config)
+                self.synced.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected or backoff >= self.retry_s:
+                    log.warning(
+                        "control plane unreachable (%s); serving revision %d",
+                        exc,
+                        self.table.revision,
+                    )
+                self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(self.retry_s, backoff * 2)
+
+    async def _report_loop(self) -> None:
+        """Tell the control plane what this replica serves: on every change, and every 10 s."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._report_wanted.wait(), 10)
+            self._report_wanted.clear()
+            await asyncio.sleep(0.05)  # coalesce bursts of changes
+            snapshot = self.table.snapshot()
+            try:
+                await self.http.put(
+                    f"/api/services/{self.service}/replicas/{self.replica}",
+                    json={"revision": snapshot["revision"], "endpoints": snapshot["endpoints"]},
+                    timeout=5,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("status report failed: %s", exc)

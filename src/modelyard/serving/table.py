@@ -1,0 +1,224 @@
+"""The endpoint table of one replica: what is declared, what is loaded, what each key resolves to.
+
+Applying a new :class:`~modelyard.config.ServiceConfig` is a delta:
+
+* an endpoint version whose fingerprint did not change is left alone (its
+  model stays loaded, its code is not re-imported);
+* a new or changed one is loaded in the background while the previous one (if
+  any) keeps serving; when the load finishes the table swaps that one key and
+  the old version is retired after its in-flight requests finish;
+* a removed one leaves the table at once and is retired the same way;
+* a failed load marks that key ``failed`` with the reason and touches nothing
+  else; if an older version of the same key is loaded it keeps serving.
+
+All mutation happens on the event loop thread, so a swap is a single dict
+assignment: a request sees either the old or the new version, never neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.config import EndpointConfig, ServiceConfig, endpoint_key
+from modelyard.errors import ModelyardError, NotFound, Unavailable
+from modelyard.serving.endpoint import LoadedEndpoint, Loader
+
+log = logging.getLogger("modelyard.serving")
+
+
+def version_order(version: str) -> tuple[int, float, str]:
+    """Sort key: numeric versions by value (``10`` after ``9``), others after them by text."""
+    try:
+        return (0, float(version), "")
+    except ValueError:
+        return (1, 0.0, version)
+
+
+@dataclass
+class EndpointStatus:
+    """What a replica reports for one endpoint version."""
+
+    key: str
+    engine: str
+    fingerprint: str
+    state: str = "loading"
+    """``loading`` (nothing serving yet), ``updating`` (previous version serving, new one
+    loading), ``ready``, or ``failed`` (see ``error``; ``serving`` tells whether an older
+    version still answers)."""
+    error: str | None = None
+    serving: bool = False
+    loaded_at: float | None = None
+    load_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "engine": self.engine,
+            "state": self.state,
+            "error": self.error,
+            "serving": self.serving,
+            "load_seconds": self.load_seconds,
+        }
+
+
+@dataclass
+class EndpointTable:
+    """Declared endpoints, loaded endpoints and their status for one service on one replica."""
+
+    loader: Loader
+    on_change: Callable[[], None] = lambda: None
+    config: ServiceConfig | None = None
+    ready: dict[str, LoadedEndpoint] = field(default_factory=dict)
+    status: dict[str, EndpointStatus] = field(default_factory=dict)
+    versions: dict[str, list[str]] = field(default_factory=dict)
+    _wanted: dict[str, str] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _loads: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    @property
+    def revision(self) -> int:
+        return self.config.revision if self.config else 0
+
+    @property
+    def service(self) -> str:
+        return self.config.service if self.config else ""
+
+    def loading(self) -> bool:
+        return any(s.state in ("loading", "updating") for s in self.status.values())
+
+    def resolve(self, endpoint: str, version: str | None) -> LoadedEndpoint:
+        """The loaded endpoint for ``/serve/<endpoint>[/<version>]``.
+
+        Without a version: the unversioned endpoint if declared, else the highest version.
+        """
+        if version:
+            key = endpoint_key(endpoint, version)
+        else:
+            versions = self.versions.get(endpoint)
+            if not versions:
+                raise NotFound(f"endpoint {endpoint!r} not found in service {self.service!r}")
+            key = endpoint if "" in versions else endpoint_key(endpoint, versions[-1])
+        loaded = self.ready.get(key)
+        if loaded is not None:
+            return loaded
+        status = self.status.get(key)
+        if status is None:
+            raise NotFound(f"endpoint {key!r} not found in service {self.service!r}")
+        if status.state == "failed":
+            raise Unavailable(f"endpoint {key!r} failed to load: {status.error}")
+        raise Unavailable(f"endpoint {key!r} is still loading", retry_after=1)
+
+    def apply(self, config: ServiceConfig) -> None:
+        """Start moving the table to ``config``; loads continue in the background."""
+        desired = config.endpoint_map()
+        self.config = config
+        versions: dict[str, list[str]] = {}
+        for ec in desired.values():
+            versions.setdefault(ec.endpoint, []).append(ec.version)
+        for names in versions.values():
+            names.sort(key=version_order)
+        self.versions = versions
+        for key in list(self.status):
+            if key not in desired:
+                self._forget(key)
+        for key, ec in desired.items():
+            fingerprint = ec.fingerprint()
+            if self._wanted.get(key) == fingerprint:
+                continue
+            self._wanted[key] = fingerprint
+            serving = key in self.ready
+            self.status[key] = EndpointStatus(
+                key=key,
+                engine=ec.engine,
+                fingerprint=fingerprint,
+                state="updating" if serving else "loading",
+                serving=serving,
+            )
+            previous = self._loads.pop(key, None)
+            if previous is not None:
+                previous.cancel()
+            task = asyncio.get_running_loop().create_task(self._load(ec, fingerprint))
+            self._loads[key] = task
+        self.on_change()
+
+    def _forget(self, key: str) -> None:
+        self.status.pop(key, None)
+        self._wanted.pop(key, None)
+        task = self._loads.pop(key, None)
+        if task is not None:
+            task.cancel()
+        old = self.ready.pop(key, None)
+        if old is not None:
+            self._retire(old)
+
+    async def _load(self, ec: EndpointConfig, fingerprint: str) -> None:
+        key = ec.key
+        started = time.perf_counter()
+        try:
+            loaded = await self.loader(ec)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            message = exc.message if isinstance(exc, ModelyardError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, ModelyardError):
+                log.exception("loading %s failed", key)
+            else:
+                log.warning("loading %s failed: %s", key, message)
+            if self._wanted.get(key) == fingerprint:
+                status = self.status[key]
+                status.state = "failed"
+                status.error = message
+                status.serving = key in self.ready
+                if status.serving:
+                    status.error = f"{message} (still serving the previous configuration)"
+                self._loads.pop(key, None)
+                self.on_change()
+            return
+        if self._wanted.get(key) != fingerprint:
+            self._retire(loaded)  # a newer config arrived while this one loaded
+            return
+        old = self.ready.get(key)
+        self.ready[key] = loaded
+        status = self.status[key]
+        status.state, status.error, status.serving = "ready", None, True
+        status.loaded_at = time.time()
+        status.load_seconds = round(time.perf_counter() - started, 4)
+        self._loads.pop(key, None)
+        log.info("endpoint %s ready (%.3f s)", key, status.load_seconds)
+        if old is not None:
+            self._retire(old)
+        self.on_change()
+
+    def _retire(self, loaded: LoadedEndpoint) -> None:
+        task = asyncio.get_running_loop().create_task(loaded.retire())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait_loaded(self, timeout: float | None = None) -> None:
+        """Wait until no load is in progress (tests and readiness)."""
+
+        async def _wait() -> None:
+            while self._loads:
+                await asyncio.gather(*list(self._loads.values()), return_exceptions=True)
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def close(self) -> None:
+        for task in list(self._loads.values()):
+            task.cancel()
+        for key in list(self.ready):
+            self._retire(self.ready.pop(key))
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "revision": self.revision,
+            "endpoints": [self.status[k].as_dict() for k in sorted(self.status)],
+        }
