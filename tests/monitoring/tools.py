@@ -1,0 +1,78 @@
+"""Test setup for the monitoring tests: Debian packages installed when missing, load generators."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+
+def ensure_debian_package(binary: str, package: str) -> str:
+    """The path of ``binary``; installs Debian's ``package`` first when it is missing (root or sudo)."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in ([*sudo, "apt-get", "update", "-qq"], [*sudo, "apt-get", "install", "-y", "-qq", package]):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.fail(f"installing {package} failed ({' '.join(command)}): {result.stderr[-2000:]}")
+    found = shutil.which(binary)
+    if not found:
+        pytest.fail(f"{package} is installed but {binary} is not on PATH")
+    return found
+
+
+@dataclass
+class Load:
+    """Background traffic: ``threads`` clients posting ``make()`` requests until stopped."""
+
+    url: str
+    make: Callable[[int], tuple[str, dict[str, object]]]
+    threads: int = 4
+    pause_s: float = 0.0
+    log: list[tuple[float, str, int, float]] = field(default_factory=list)
+    """(finished at, path, status, seconds) per request."""
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def _run(self, worker: int) -> None:
+        i = worker
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while not self._stop.is_set():
+                path, body = self.make(i)
+                started = time.monotonic()
+                try:
+                    status = http.post(path, json=body).status_code
+                except httpx.HTTPError:
+                    status = 0
+                now = time.monotonic()
+                self.log.append((now, path, status, now - started))
+                i += self.threads
+                if self.pause_s:
+                    time.sleep(self.pause_s)
+
+    def __enter__(self) -> Load:
+        for n in range(self.threads):
+            thread = threading.Thread(target=self._run, args=(n,), daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(10)
+
+    def rate(self, path: str, window_s: float, status: int = 200) -> float:
+        """Requests per second to ``path`` with ``status`` over the last ``window_s`` seconds."""
+        since = time.monotonic() - window_s
+        return sum(1 for t, p, s, _ in list(self.log) if t >= since and p == path and s == status) / window_s
