@@ -1,0 +1,33 @@
+"""MLServer: writes the model repository ``mlserver start`` reads (settings.json + one model-settings.json
+per model, served by mlserver-sklearn's stock ``SKLearnModel``). ``workers`` None keeps MLServer's
+default ``parallel_workers``.
+
+    python mlserver_settings.py FOLDER MODELS_DIR HTTP GRPC METRICS [WORKERS]
+Request (V2): ``POST /v2/models/iris/infer {"inputs": [{"name": "x", "shape": [1, 4], "datatype":
+"FP64", "data": [...]}]}``.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def write(folder: Path, models_dir: str, http: int, grpc: int, metrics: int, workers: int | None) -> None:
+    settings = {"host": "127.0.0.1", "http_port": http, "grpc_port": grpc, "metrics_port": metrics}
+    if workers is not None:
+        settings["parallel_workers"] = workers
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "settings.json").write_text(json.dumps(settings))
+    for name in ("iris", "rf"):
+        (folder / name).mkdir(exist_ok=True)
+        model = {
+            "name": name,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": f"{models_dir}/{name}.joblib"},
+        }
+        (folder / name / "model-settings.json").write_text(json.dumps(model))
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    write(Path(a[0]), a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]) if len(a) > 5 else None)

@@ -1,0 +1,28 @@
+"""Register the ensemble example and serve it as ``test_model_ensemble``."""
+
+import runpy
+from pathlib import Path
+
+HERE = Path(__file__).parent
+train = runpy.run_path(str(HERE / "train.py"))["train"]
+ENDPOINTS = ["test_model_ensemble/1"]
+SAMPLE = {"features": [[6.0, 2.9, 4.5, 1.5]]}
+
+
+def deploy(client, service: str, workdir: Path) -> list[tuple[str, dict]]:
+    model = client.upload_model(
+        train(workdir),
+        name="ensemble model",
+        project="serving examples",
+        framework="custom",
+        publish=True,
+    )
+    client.add_endpoint(
+        service,
+        endpoint="test_model_ensemble",
+        version="1",
+        engine="custom",
+        model_id=model["id"],
+        preprocess=HERE / "preprocess.py",
+    )
+    return [("test_model_ensemble/1", SAMPLE)]
