@@ -3,7 +3,7 @@
 Routed from :class:`modelyard.serving.app.InferenceApp` for paths under ``/v2``
 and ``/v1``. Model name = endpoint name, model version = endpoint version; a
 request without a version goes where ``/serve/<endpoint>`` goes (the
-unversioned endpoint, else the highest version).
+unversioned endpoint, else the highest version that serves).
 
 How an OIP request meets the endpoint's code (``preprocess → engine →
 postprocess``, batched like ``/serve`` when the endpoint batches):

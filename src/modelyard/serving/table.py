@@ -7,7 +7,10 @@ Applying a new :class:`~modelyard.config.ServiceConfig` is a delta:
 * a new or changed one is loaded in the background while the previous one (if
   any) keeps serving; when the load finishes the table swaps that one key and
   the old version is retired after its in-flight requests finish;
-* a removed one leaves the table at once and is retired the same way;
+* a removed one leaves the table at once and is retired the same way, except when
+  another version of the same endpoint is still loading: then it keeps answering
+  ``/serve/<endpoint>`` (no version) until a successor serves, so replacing ``iris/1``
+  by ``iris/2`` in one change (auto-deploy with ``max_versions=1``) never answers 503;
 * a failed load marks that key ``failed`` with the reason and touches nothing
   else; if an older version of the same key is loaded it keeps serving.
 
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.config import EndpointConfig, ServiceConfig, endpoint_key
+from modelyard.config import EndpointConfig, ServiceConfig, endpoint_key, split_endpoint_key
 from modelyard.errors import ModelyardError, NotFound, Unavailable
 from modelyard.serving.endpoint import LoadedEndpoint, Loader
 
@@ -79,6 +82,8 @@ class EndpointTable:
     _wanted: dict[str, str] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _loads: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _lingering: dict[str, LoadedEndpoint] = field(default_factory=dict)
+    """Removed versions still answering their unversioned endpoint until a successor serves."""
 
     @property
     def revision(self) -> int:
@@ -94,7 +99,10 @@ class EndpointTable:
     def resolve(self, endpoint: str, version: str | None) -> LoadedEndpoint:
         """The loaded endpoint for ``/serve/<endpoint>[/<version>]``.
 
-        Without a version: the unversioned endpoint if declared, else the highest version.
+        Without a version: the unversioned endpoint if declared, else the highest version
+        that serves now. A new highest version takes over once it is loaded (until then the
+        previous one keeps answering, so adding a version never makes ``/serve/<endpoint>``
+        answer 503); one that failed to load leaves the traffic where it was.
         """
         if version:
             key = endpoint_key(endpoint, version)
@@ -102,7 +110,18 @@ class EndpointTable:
             versions = self.versions.get(endpoint)
             if not versions:
                 raise NotFound(f"endpoint {endpoint!r} not found in service {self.service!r}")
-            key = endpoint if "" in versions else endpoint_key(endpoint, versions[-1])
+            if "" in versions:
+                key = endpoint
+            else:
+                for candidate in reversed(versions):
+                    loaded = self.ready.get(endpoint_key(endpoint, candidate))
+                    if loaded is not None:
+                        return loaded
+                lingering = sorted(self._lingering, key=lambda k: version_order(split_endpoint_key(k)[1]))
+                for key in reversed(lingering):
+                    if split_endpoint_key(key)[0] == endpoint:
+                        return self._lingering[key]
+                key = endpoint_key(endpoint, versions[-1])
         loaded = self.ready.get(key)
         if loaded is not None:
             return loaded
@@ -123,6 +142,9 @@ class EndpointTable:
         for names in versions.values():
             names.sort(key=version_order)
         self.versions = versions
+        for key in list(self._lingering):
+            if split_endpoint_key(key)[0] not in versions or key in desired:
+                self._retire(self._lingering.pop(key))
         for key in list(self.status):
             if key not in desired:
                 self._forget(key)
@@ -153,8 +175,20 @@ class EndpointTable:
         if task is not None:
             task.cancel()
         old = self.ready.pop(key, None)
-        if old is not None:
+        if old is None:
+            return
+        endpoint = split_endpoint_key(key)[0]
+        successors = [endpoint_key(endpoint, v) for v in self.versions.get(endpoint, [])]
+        if successors and not any(k in self.ready for k in successors):
+            self._lingering[key] = old  # the endpoint's new version is still loading
+        else:
             self._retire(old)
+
+    def _successor_ready(self, key: str) -> None:
+        endpoint = split_endpoint_key(key)[0]
+        for old_key in list(self._lingering):
+            if split_endpoint_key(old_key)[0] == endpoint:
+                self._retire(self._lingering.pop(old_key))
 
     async def _load(self, ec: EndpointConfig, fingerprint: str) -> None:
         key = ec.key
@@ -192,6 +226,7 @@ class EndpointTable:
         log.info("endpoint %s ready (%.3f s)", key, status.load_seconds)
         if old is not None:
             self._retire(old)
+        self._successor_ready(key)
         self.on_change()
 
     def _retire(self, loaded: LoadedEndpoint) -> None:
@@ -213,6 +248,8 @@ class EndpointTable:
             task.cancel()
         for key in list(self.ready):
             self._retire(self.ready.pop(key))
+        for key in list(self._lingering):
+            self._retire(self._lingering.pop(key))
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
@@ -221,4 +258,5 @@ class EndpointTable:
             "service": self.service,
             "revision": self.revision,
             "endpoints": [self.status[k].as_dict() for k in sorted(self.status)],
+            "retiring": sorted(self._lingering),
         }
