@@ -7,6 +7,7 @@ examples trained and served, curl-like requests. Marked slow; CI runs it.
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import signal
 import statistics
@@ -21,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.curl_lines import curl_lines, run_curl_line
 from tests.servers import free_port
 from tests.serving.helpers import wait_for
 
@@ -58,7 +60,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Cli
     )
     try:
         deadline = time.monotonic() + 180
-        while "serving the examples" not in (home / "serve.log").read_text():
+        # the banner is printed in one write, ending with the /docs line
+        while not re.search(r"serving the examples(.|\n)*/docs\n", (home / "serve.log").read_text()):
             assert proc.poll() is None, (home / "serve.log").read_text()
             assert time.monotonic() < deadline, (home / "serve.log").read_text()
             time.sleep(0.3)
@@ -121,6 +124,30 @@ def test_every_example_answers_with_its_models_prediction(
     response = post(url, "/serve/test_model_custom/1", {"features": "nope"})
     assert response.status_code == 422
     assert "features" in response.json()["error"]
+
+
+def test_the_printed_curl_lines_answer_with_predictions(running: tuple[str, Cli, Path]) -> None:
+    """Every curl line `serve --examples` prints, run as printed with the real curl."""
+    url, _, home = running
+    output = (home / "serve.log").read_text()
+    assert "Not deployed:" not in output, output
+    lines = curl_lines(output)
+    expected = [
+        "/test_model_sklearn/1", "/test_model_xgb/1", "/test_model_lgbm/1", "/test_model_custom/1",
+        "/test_model_ensemble/1", "/test_pipeline/1", "/test_pipeline_async/1",
+    ]  # fmt: skip
+    answers = [run_curl_line(line) for line in lines]
+    assert [a.path for a in answers] == expected, output
+    for answer in answers:
+        assert answer.line.startswith(f"curl -X POST {url}/serve/")
+        assert answer.status == 200, answer
+        assert isinstance(answer.body, dict) and answer.body, answer
+        # the same answer the server gives any client (checked against each model's own
+        # prediction in test_every_example_answers_with_its_models_prediction)
+        assert answer.body == post(url, f"/serve{answer.path}", answer.sample).json()
+    predictions = {a.path: a.body for a in answers}
+    assert set(predictions["/test_model_sklearn/1"]) == {"y"}
+    assert set(predictions["/test_pipeline/1"]) == {"sklearn", "lightgbm"}
 
 
 PREPROCESS = """
@@ -246,7 +273,7 @@ def test_add_to_first_answer_latency(running: tuple[str, Cli, Path], tmp_path: P
     code = tmp_path / "p.py"
     code.write_text(PREPROCESS.replace("TAG", "x"))
     latencies = []
-    for version in range(1, 6):
+    for version in range(1, 21):
         client.add_endpoint(
             "default",
             endpoint="latency",

@@ -1,10 +1,15 @@
 """The bundled examples, deployed on ``modelyard serve --examples`` (what ``make serve`` runs).
 
-Each folder under ``examples/`` has a ``deploy.py`` with ``ENDPOINTS``, ``SAMPLE`` and
-``deploy(client, service, workdir)``
-that trains its small model, registers it through the public SDK (the same calls a user
+Each folder under ``examples/`` has a ``deploy.py`` with ``ENDPOINTS``, ``SAMPLE``,
+``deploy(client, service, workdir)`` and optionally ``NEEDS`` (examples it builds on) that
+trains its small model, registers it through the public SDK (the same calls a user
 makes) and returns ``[(endpoint_key, sample_body)]``. Deploying is idempotent: an example
 whose endpoints already exist in the service is left as it is.
+
+Each example stands alone: one that cannot be deployed (an engine's optional package is not
+installed, its model does not load) is reported with its reason, and every other example is
+still deployed and gets its ``curl`` line. Examples that ``NEEDS`` a failed one are skipped
+with a reason naming it.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import runpy
+import shlex
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,18 @@ log = logging.getLogger("modelyard.demo")
 
 ORDER = ("sklearn", "xgboost", "lightgbm", "custom", "ensemble", "pipeline")
 
+# the extra that installs a missing module, for the hint in the failure reason
+EXTRAS = {"xgboost": "xgboost", "lightgbm": "lightgbm", "onnxruntime": "onnx", "torch": "torch"}
+
+
+@dataclass
+class ExampleResult:
+    """One example's outcome: the endpoints it serves, or why it was not deployed."""
+
+    name: str
+    samples: list[tuple[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
 
 def examples_dir() -> Path | None:
     """The repository's ``examples/`` folder, when modelyard runs from a checkout."""
@@ -34,31 +53,92 @@ def examples_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def deploy_examples(client: Any, service: str, root: Path) -> list[tuple[str, Any]]:
-    """Deploy every example under ``root`` not yet deployed; return (endpoint key, sample) pairs."""
+def describe_failure(exc: BaseException) -> str:
+    """A one-line reason; a missing package names the extra to install."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.split(".")[0]
+        extra = EXTRAS.get(top)
+        hint = f"pip install 'modelyard[{extra}]'" if extra else f"pip install {top}"
+        return f"the Python package {top!r} is not installed ({hint})"
+    from modelyard.errors import ModelyardError
+
+    text = str(exc).strip()
+    if isinstance(exc, ModelyardError) and text:
+        return text  # already says what went wrong (a refused call, a missing model...)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def deploy_example(client: Any, service: str, script: Path, workdir: Path, existing: set[str]) -> list[Any]:
+    """Deploy the example of ``script`` unless its endpoints exist; its (key, sample) pairs."""
+    module = runpy.run_path(str(script))
+    keys = list(module["ENDPOINTS"])
+    if all(key in existing for key in keys):
+        log.info("example %s already deployed (%s)", script.parent.name, ", ".join(keys))
+        return [(key, module["SAMPLE"]) for key in keys]
+    workdir.mkdir(parents=True, exist_ok=True)
+    return list(module["deploy"](client, service, workdir))
+
+
+def _needs(script: Path) -> tuple[str, ...]:
+    """The examples ``script`` builds on, read without running it (it may import anything)."""
+    import ast
+
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "NEEDS" for t in node.targets
+        ):
+            value = ast.literal_eval(node.value)
+            return tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
+    return ()
+
+
+def deploy_examples(client: Any, service: str, root: Path) -> list[ExampleResult]:
+    """Deploy every example under ``root`` not yet deployed, each on its own; their results."""
     existing = {e["key"] for e in client.list_endpoints(service)}
-    samples: list[tuple[str, Any]] = []
+    results: list[ExampleResult] = []
+    failed: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
         for name in ORDER:
             script = root / name / "deploy.py"
             if not script.exists():
                 continue
-            module = runpy.run_path(str(script))
-            keys = list(module["ENDPOINTS"])
-            if all(key in existing for key in keys):
-                log.info("example %s already deployed (%s)", name, ", ".join(keys))
-                samples.extend((key, module["SAMPLE"]) for key in keys)
-                continue
-            work = Path(tmp) / name
-            work.mkdir()
-            samples.extend(module["deploy"](client, service, work))
-    return samples
+            result = ExampleResult(name)
+            try:
+                missing = [need for need in _needs(script) if need in failed]
+                if missing:
+                    result.error = f"needs the {', '.join(missing)} example(s), which could not be deployed"
+                else:
+                    result.samples = deploy_example(client, service, script, Path(tmp) / name, existing)
+            except Exception as exc:
+                result.error = describe_failure(exc)
+            if result.error is not None:
+                failed.add(name)
+                log.error("example %s not deployed: %s", name, result.error)
+            results.append(result)
+    return results
 
 
 def curl_line(base_url: str, key: str, sample: Any) -> str:
-    return (
-        f"curl -X POST {base_url}/serve/{key} -H 'Content-Type: application/json' -d '{json.dumps(sample)}'"
-    )
+    body = shlex.quote(json.dumps(sample))
+    return f"curl -X POST {base_url}/serve/{key} -H 'Content-Type: application/json' -d {body}"
+
+
+def banner(base_url: str, served: list[tuple[str, Any]], problems: list[str]) -> str:
+    """What ``modelyard serve --examples`` prints once the examples are up."""
+    if served:
+        lines = ["", "modelyard is serving the examples. Try:", ""]
+        lines += [f"  {curl_line(base_url, key, sample)}" for key, sample in served]
+    else:
+        lines = ["", f"modelyard is up on {base_url}, but none of the examples could be served."]
+    if problems:
+        lines += ["", "Not deployed:"] + [f"  {problem}" for problem in problems]
+    lines += [
+        "",
+        f"  modelyard endpoint list      # (MODELYARD_URL={base_url})",
+        f"  open {base_url}/docs",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _wait_until(url: str, timeout: float) -> bool:
@@ -73,51 +153,76 @@ def _wait_until(url: str, timeout: float) -> bool:
     return False
 
 
-def deploy_examples_when_up(settings: Settings) -> threading.Thread:
-    """Wait for the server in a thread, deploy the examples, print working curl lines."""
+def wait_until_served(base_url: str, samples: list[tuple[str, Any]], timeout: float = 60) -> dict[str, str]:
+    """Wait until each endpoint answers its sample; the reason for each that does not."""
+    pending = dict(samples)
+    problems: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for key, sample in list(pending.items()):
+            try:
+                if httpx.post(f"{base_url}/serve/{key}", json=sample, timeout=5).status_code == 200:
+                    del pending[key]
+                    continue
+            except httpx.HTTPError:
+                continue
+            error = _failed_load(base_url, key)
+            if error is not None:
+                problems[key] = f"{key} did not load: {error}"
+                del pending[key]
+        if pending:
+            time.sleep(0.2)
+    for key in pending:
+        problems[key] = f"{key} did not answer within {timeout:.0f} s"
+    return problems
+
+
+def _failed_load(base_url: str, key: str) -> str | None:
+    """The load error of ``key`` when this replica reports it ``failed``."""
+    try:
+        endpoints = httpx.get(f"{base_url}/status", timeout=5).json().get("endpoints", [])
+    except (httpx.HTTPError, ValueError):
+        return None
+    for entry in endpoints:
+        if entry.get("key") == key and entry.get("state") == "failed":
+            return str(entry.get("error") or "failed")
+    return None
+
+
+def deploy_examples_when_up(settings: Settings, root: Path | None = None) -> threading.Thread:
+    """Wait for the server in a thread, deploy the examples, print working curl lines.
+
+    ``root`` is the examples folder (default: the checkout's ``examples/``).
+    """
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base_url = f"http://{host}:{settings.port}"
 
     def run() -> None:
         from modelyard.client import Client
 
-        root = examples_dir()
-        if root is None:
+        folder = root or examples_dir()
+        if folder is None:
             log.warning("no examples folder next to this installation; nothing to deploy")
             return
         if not _wait_until(f"{base_url}/api/health", 120):
             log.error("server did not come up on %s; examples not deployed", base_url)
             return
         try:
-            client = Client(url=base_url, settings=settings)
-            samples = deploy_examples(client, settings.service, root)
-        except Exception as exc:
-            log.error("deploying the examples failed: %s", exc)
+            with Client(url=base_url, settings=settings) as client:
+                results = deploy_examples(client, settings.service, folder)
+        except Exception as exc:  # the control plane itself refused (token, database)
+            log.error("deploying the examples failed: %s", describe_failure(exc))
             return
-        for key, sample in samples:
-            _wait_until_served(base_url, key, sample)
-        lines = ["", "modelyard is serving the examples. Try:", ""]
-        lines += [f"  {curl_line(base_url, key, sample)}" for key, sample in samples]
-        lines += [
-            "",
-            f"  modelyard endpoint list      # (MODELYARD_URL={base_url})",
-            f"  open {base_url}/docs",
-            "",
-        ]
-        print("\n".join(lines), file=sys.stderr, flush=True)
+        problems = [f"{r.name}: {r.error}" for r in results if r.error]
+        samples = [pair for r in results for pair in r.samples]
+        example_of = {key: r.name for r in results for key, _ in r.samples}
+        not_served = wait_until_served(base_url, samples)
+        for key, problem in not_served.items():
+            log.error("example %s: %s", example_of[key], problem)
+            problems.append(f"{example_of[key]}: {problem}")
+        served = [(key, sample) for key, sample in samples if key not in not_served]
+        print(banner(base_url, served, problems), file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=run, name="modelyard-examples", daemon=True)
     thread.start()
     return thread
-
-
-def _wait_until_served(base_url: str, key: str, sample: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.post(f"{base_url}/serve/{key}", json=sample, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    log.warning("example endpoint %s did not answer within %.0f s", key, timeout)

@@ -152,7 +152,7 @@ def test_model_by_local_path_and_file_url(
         assert r.json()["artifact"]["sha256"] == expected
         assert r.json()["artifact"]["filename"] == "model.pkl"
         assert r.json()["url"] == url
-    assert client.get(f"/api/artifacts/{expected}").content == b"pickled"
+    assert client.get(f"/api/artifacts/{expected}", headers=admin).content == b"pickled"
     body = {"name": "m", "framework": "sklearn", "url": str(tmp_path / "missing.pkl")}
     r = client.post("/api/models", json=body, headers=admin)
     assert r.status_code == 404 and "missing.pkl" in r.json()["error"]
@@ -324,7 +324,7 @@ def test_config_long_poll_sees_writes_of_other_processes(
 def test_replica_reports(client: httpx.Client, admin: dict[str, str]) -> None:
     client.post("/api/services", json={"name": "svc"}, headers=admin)
     report = {"revision": 1, "endpoints": [{"key": "e", "state": "ready", "engine": "custom"}]}
-    assert client.put("/api/services/svc/replicas/r-1", json=report).status_code == 204
+    assert client.put("/api/services/svc/replicas/r-1", json=report, headers=admin).status_code == 204
     status = client.get("/api/services/svc/status").json()
     assert status["service"] == "svc" and status["revision"] == 1
     assert [(r["id"], r["revision"]) for r in status["replicas"]] == [("r-1", 1)]
@@ -415,7 +415,7 @@ def test_big_artifact_streamed_and_verified(client: httpx.Client, admin: dict[st
     assert r.status_code == 201, r.text
     assert r.json() == {"sha256": digest.hexdigest(), "size": 20 * 1024 * 1024}
     down = hashlib.sha256()
-    with client.stream("GET", f"/api/artifacts/{digest.hexdigest()}") as response:
+    with client.stream("GET", f"/api/artifacts/{digest.hexdigest()}", headers=admin) as response:
         assert response.status_code == 200
         assert response.headers["content-length"] == str(20 * 1024 * 1024)
         for part in response.iter_bytes():
@@ -423,8 +423,8 @@ def test_big_artifact_streamed_and_verified(client: httpx.Client, admin: dict[st
     assert down.hexdigest() == digest.hexdigest()
     r = client.post(f"/api/artifacts?sha256={'0' * 64}", content=b"x", headers=admin)
     assert r.status_code == 400 and "expected sha256" in r.json()["error"]
-    assert client.get(f"/api/artifacts/{'0' * 64}").status_code == 404
-    assert client.get("/api/artifacts/not-a-hash").status_code == 400
+    assert client.get(f"/api/artifacts/{'0' * 64}", headers=admin).status_code == 404
+    assert client.get("/api/artifacts/not-a-hash", headers=admin).status_code == 400
 
 
 def test_upload_memory_stays_bounded(app: FastAPI, admin: dict[str, str]) -> None:

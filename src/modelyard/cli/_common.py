@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -173,9 +174,18 @@ def print_table(
     Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
 
 
+PROGRESS_MIN_BYTES = 1 << 20
+"""Preprocess code smaller than this uploads without a bar (it is done before a bar could draw)."""
+
+
 @contextmanager
-def upload_progress(label: str) -> Iterator[Any]:
-    """A rich progress bar on stderr; yields the ``progress(done, total)`` callback."""
+def transfer_progress(label: str) -> Iterator[Any]:
+    """A rich progress bar on stderr; yields the ``progress(done, total)`` callback.
+
+    The bar starts with the first bytes, so a call refused up front (no token, unknown id)
+    prints its error alone. On a terminal the bar moves; elsewhere (a log, a pipe) rich
+    prints its final state once, so scripts see one line with the size moved.
+    """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -186,22 +196,46 @@ def upload_progress(label: str) -> Iterator[Any]:
         TransferSpeedColumn,
     )
 
-    console = Console(file=sys.stderr)
-    with Progress(
+    bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=Console(file=sys.stderr),
         transient=False,
-    ) as bar:
-        task = bar.add_task(label, total=None)
+    )
+    task = bar.add_task(label, total=None)
+    started = False
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def progress(done: int, total: int) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        bar.update(task, completed=done, total=total)
 
+    try:
         yield progress
+    finally:
+        if started:
+            bar.stop()
+
+
+def local_size(path: Path) -> int:
+    """Bytes in a file, or in all files of a folder (about its packed size, before packing)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def upload_code(c: Client, path: Path) -> dict[str, Any]:
+    """Upload preprocess code; a bar when it is at least :data:`PROGRESS_MIN_BYTES`."""
+    if local_size(path) < PROGRESS_MIN_BYTES:
+        return c.upload_file(path)
+    label = f"uploading {path.name}" + ("/ (packed)" if path.is_dir() else "")
+    with transfer_progress(label) as progress:
+        return c.upload_file(path, progress=progress)
 
 
 def short_time(value: Any) -> str:

@@ -182,6 +182,7 @@ def add(
     outputs = build_tensors("output", output_name, output_type, output_size) or []
     svc = common.resolve_service(service)
     with common.client() as c:
+        code = common.upload_code(c, preprocess) if preprocess is not None else None
         ep = c.add_endpoint(
             svc,
             endpoint,
@@ -189,7 +190,7 @@ def add(
             engine=engine,
             model_id=model_id,
             model_query=query,
-            preprocess=preprocess,
+            preprocess=code,
             inputs=inputs,
             outputs=outputs,
             options={
@@ -240,7 +241,7 @@ def update(
     svc = common.resolve_service(service)
     with common.client() as c:
         # uploaded once; the merge below may run again if another writer changes the service
-        code = c.upload_file(preprocess) if preprocess is not None else None
+        code = common.upload_code(c, preprocess) if preprocess is not None else None
 
         def change(current: dict[str, Any]) -> dict[str, Any]:
             inputs = build_tensors("input", input_name, input_type, input_size, current.get("inputs"))

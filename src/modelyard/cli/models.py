@@ -1,4 +1,4 @@
-"""``modelyard model ...``: upload, register, list, show, publish, tag and remove models."""
+"""``modelyard model ...``: upload, register, download, list, show, publish, tag and remove models."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def upload(
             if not path.exists():
                 raise common.fail(f"--path {str(path)!r} does not exist")
             label = f"uploading {path.name}" + ("/ (packed)" if path.is_dir() else "")
-            with common.upload_progress(label) as progress:
+            with common.transfer_progress(label) as progress:
                 model = c.upload_model(
                     path,
                     name=name,
@@ -67,6 +67,41 @@ def upload(
         err=True,
     )
     typer.echo(model["id"])
+
+
+@app.command("download")
+def download(
+    model_id: str = typer.Argument(..., help="The model's id."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="File to write, or an existing folder to write into (default: the model's file "
+        "name in the current folder). A folder model arrives as its .tar.gz.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite a file that already exists."),
+) -> None:
+    """Download a model's file (hash-checked, with a progress bar); prints its path on the last line."""
+    with common.client() as c:
+        model = c.get_model(model_id)
+        artifact = model.get("artifact")
+        if not artifact:
+            raise common.fail(
+                f"model {model_id} has no stored file to download (registered as {model.get('url')!r})"
+            )
+        filename = Path(str(artifact.get("filename") or "")).name or str(artifact["sha256"])
+        target = out if out is not None else Path(filename)
+        if target.is_dir():
+            target = target / filename
+        if target.exists() and not force:
+            raise common.fail(f"{str(target)!r} already exists; give --force to overwrite it")
+        with common.transfer_progress(f"downloading {filename}") as progress:
+            path = c.download(str(artifact["sha256"]), target, progress=progress)
+    typer.echo(
+        f"model {model.get('name')!r} version {model.get('version')} ({model.get('framework')}) "
+        f"saved to {path}",
+        err=True,
+    )
+    typer.echo(str(path))
 
 
 @common.command(app, "list")

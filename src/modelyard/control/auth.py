@@ -1,9 +1,15 @@
 """Bearer-token checks for the control plane API, as FastAPI dependencies.
 
-Three levels: *admin* for every mutating call; *reporter* for replica status
-reports (any valid token, or none while reads are open); *read* for GETs (open
-unless ``require_token_for_reads``). A missing token is 401, a token that is
-unknown or too weak is 403, so a client can tell "log in" from "not allowed".
+Three levels: *admin* for every mutating call; *member* (any valid token,
+``reader`` or ``admin``, always required) for what replicas do: status reports,
+statistics pushes and artifact downloads (models are private even while the
+other reads are open); *read* for the other GETs (open unless
+``require_token_for_reads``). A missing token is 401, a token that is unknown
+or too weak is 403, so a client can tell "log in" from "not allowed".
+
+Replicas present a token of their own: ``modelyard serve`` uses the admin token
+it created, a standalone ``modelyard inference`` or ``queue-worker`` the one in
+``MODELYARD_TOKEN``/``--token`` (a ``reader`` token is enough).
 """
 
 from __future__ import annotations
@@ -51,12 +57,13 @@ class Auth:
 
         return require_admin
 
-    def reporter(self) -> Callable[[Request], object]:
-        async def require_reporter(request: Request) -> None:
-            if self.require_token_for_reads or bearer_token(request) is not None:
-                await self._role(request)
+    def member(self) -> Callable[[Request], object]:
+        """Any valid token, whatever the read policy (replica reports, artifact downloads)."""
 
-        return require_reporter
+        async def require_member(request: Request) -> None:
+            await self._role(request)
+
+        return require_member
 
     def read(self) -> Callable[[Request], object]:
         async def require_read(request: Request) -> None:

@@ -46,7 +46,7 @@ def create_monitoring_router(monitoring: Monitoring, auth: Auth) -> APIRouter:
 
     @router.put(
         "/services/{service}/replicas/{replica_id}/stats",
-        dependencies=[Depends(auth.reporter())],
+        dependencies=[Depends(auth.member())],
         status_code=204,
         response_class=Response,
     )

@@ -5,20 +5,40 @@ because engines and user code look at the extension (``.json`` for XGBoost,
 ``.pt2`` for a torch.export program, ``.tar.gz`` for a code folder). A blob is
 written to a temporary name and renamed only once its hash matches, so a
 crash mid-download never leaves a corrupt file that looks cached.
+
+A cached blob is hashed again the first time this process uses it: the cache
+folder outlives the process (and is shared by the workers of one machine), so
+a file damaged on disk, or put there by something other than this code, is
+found, deleted and downloaded again instead of being loaded. Later uses in the
+same process trust the check already made, so a reload costs no hashing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
 
 from modelyard.config import ArtifactRef
 from modelyard.errors import ModelLoadError, NotFound, Unavailable
+
+log = logging.getLogger("modelyard.serving.fetch")
+
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class ArtifactCache:
@@ -28,6 +48,7 @@ class ArtifactCache:
         self.root = Path(cache_dir) / "blobs"
         self.http = http
         self._locks: dict[str, asyncio.Lock] = {}
+        self._verified: set[str] = set()
 
     def cached_path(self, ref: ArtifactRef) -> Path:
         return self.root / ref.sha256 / (Path(ref.filename).name or "blob")
@@ -35,13 +56,30 @@ class ArtifactCache:
     async def path_for(self, ref: ArtifactRef) -> Path:
         """Local path of ``ref``, downloading and verifying it first if needed."""
         target = self.cached_path(ref)
-        if target.exists():
+        if ref.sha256 in self._verified and target.exists():
             return target
         lock = self._locks.setdefault(ref.sha256, asyncio.Lock())
         async with lock:
+            if ref.sha256 in self._verified and target.exists():
+                return target
+            if target.exists() and not await self._cached_copy_is_intact(ref, target):
+                target.unlink(missing_ok=True)
             if not target.exists():
                 await self._download(ref, target)
+            self._verified.add(ref.sha256)
         return target
+
+    async def _cached_copy_is_intact(self, ref: ArtifactRef, target: Path) -> bool:
+        actual = await asyncio.to_thread(file_sha256, target)
+        if actual == ref.sha256:
+            return True
+        log.warning(
+            "cached artifact %s (%s) is damaged (its bytes hash to %s); downloading it again",
+            ref.sha256,
+            ref.filename,
+            actual,
+        )
+        return False
 
     async def _download(self, ref: ArtifactRef, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,30 +89,58 @@ class ArtifactCache:
             async with self.http.stream("GET", f"/api/artifacts/{ref.sha256}") as response:
                 if response.status_code == 404:
                     raise NotFound(f"artifact {ref.sha256} ({ref.filename}) is not in the repository")
+                if response.status_code in (401, 403):
+                    raise Unavailable(
+                        f"artifact {ref.sha256} ({ref.filename}): the control plane refused the "
+                        f"download ({response.status_code}); give this replica a valid token "
+                        "(MODELYARD_TOKEN or --token)"
+                    )
                 if response.status_code != 200:
                     raise Unavailable(
                         f"artifact {ref.sha256} ({ref.filename}): control plane answered "
                         f"{response.status_code}"
                     )
                 with open(tmp, "wb") as out:
-                    async for chunk in response.aiter_bytes(1 << 20):
+                    async for chunk in response.aiter_bytes(_CHUNK):
                         digest.update(chunk)
                         out.write(chunk)
         except httpx.HTTPError as exc:
             tmp.unlink(missing_ok=True)
             raise Unavailable(f"cannot download artifact {ref.filename}: {exc}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         if digest.hexdigest() != ref.sha256:
             tmp.unlink(missing_ok=True)
             raise ModelLoadError(
                 f"artifact {ref.filename}: downloaded bytes hash to {digest.hexdigest()}, "
-                f"expected {ref.sha256}"
+                f"expected {ref.sha256}; the file was not kept"
             )
         os.replace(tmp, target)
 
-    def prune(self, keep: set[str]) -> None:
-        """Remove cached blobs whose hash is not in ``keep`` (not called on the hot path)."""
+    def prune(self, keep: set[str], min_age_s: float = 0.0) -> list[str]:
+        """Remove cached blobs whose hash is not in ``keep``; returns the hashes removed.
+
+        Not called on the hot path. The cache folder is shared by the worker processes of a
+        machine, so a blob another worker is still downloading (a ``.part`` file inside) is
+        never removed, nor one touched less than ``min_age_s`` seconds ago (a worker on a newer
+        revision may have just fetched it).
+        """
         if not self.root.exists():
-            return
-        for entry in self.root.iterdir():
-            if entry.is_dir() and entry.name not in keep:
-                shutil.rmtree(entry, ignore_errors=True)
+            return []
+        removed = []
+        now = time.time()
+        for entry in sorted(self.root.iterdir()):
+            if not entry.is_dir() or entry.name in keep:
+                continue
+            try:
+                in_progress = any(p.name.endswith(".part") for p in entry.iterdir())
+                recent = now - entry.stat().st_mtime < min_age_s
+            except OSError:
+                continue
+            if in_progress or recent:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            self._verified.discard(entry.name)
+            removed.append(entry.name)
+        return removed
