@@ -17,6 +17,10 @@ Latencies use the ``t`` field the producer stamps and the result's ``finished_ms
 machine clock). Every result is checked against the model's own predict.
 
     .venv/bin/python bench/queue_throughput.py [--n 20000] [--workers 1,2,4] [--batch-size 256]
+
+It prints a table and records nothing; figures taken on a quiet machine go to
+``docs/queue.md`` § Performance (with the machine, date and command). A smoke run that
+only checks the script works: ``--n 200 --workers 1 --rate 200 --paced-seconds 0.5``.
 """
 
 from __future__ import annotations

@@ -121,3 +121,119 @@ def test_output_queue_is_empty_before_any_worker(redis_url: str, stream: str) ->
     assert out.count() == 0 and out.stats() == {}
     with pytest.raises(TimeoutError, match="no result for 'nope'"):
         out.wait("nope", timeout=0.05)
+
+
+def _read(rclient: redis.Redis, stream: str, count: int, consumer: str = "c") -> list[bytes]:
+    reply = rclient.xreadgroup("modelyard", consumer, {stream: ">"}, count=count)
+    return [entry_id for entry_id, _ in reply[0][1]]
+
+
+def test_the_backlog_is_the_groups_unprocessed_entries_not_the_streams_length(
+    redis_url: str, rclient: redis.Redis, stream: str
+) -> None:
+    """Workers with --keep-acked leave acknowledged entries in the stream: they are not a backlog."""
+    rclient.xgroup_create(stream, "modelyard", id="0", mkstream=True)
+    q = InputQueue(redis_url, stream, max_pending=5, on_full="raise")
+    q.enqueue_batch([(f"u{i}", {"x": [i]}) for i in range(5)])
+    assert q.pending() == 5  # lag 5
+    with pytest.raises(QueueFull, match="holds 5 pending entries"):
+        q.enqueue("u5", x=[5])
+    read = _read(rclient, stream, 3)
+    assert q.pending() == 5  # lag 2 + 3 read, not yet acknowledged
+    with pytest.raises(QueueFull):
+        q.enqueue("u5", x=[5])
+    rclient.xack(stream, "modelyard", *read)  # acknowledged and kept
+    assert rclient.xlen(stream) == 5 and q.pending() == 2 and q.room() == 3
+    q.enqueue_batch([(f"u{i}", {"x": [i]}) for i in range(5, 8)])
+    assert rclient.xlen(stream) == 8 and q.pending() == 5
+    with pytest.raises(QueueFull, match="holds 5 pending entries; 1 more would pass the limit of 5"):
+        q.enqueue("u8", x=[8])
+    assert rclient.xlen(stream) == 8
+    # a producer naming a group that no worker made yet counts every entry in the stream
+    other = InputQueue(redis_url, stream, max_pending=100, group="not-made-yet")
+    assert other.pending() == 8
+
+
+def test_unknown_lag_falls_back_to_the_streams_length(
+    redis_url: str, rclient: redis.Redis, stream: str
+) -> None:
+    """Redis reports lag nil once an entry not yet read is deleted; the length bounds the backlog."""
+    rclient.xgroup_create(stream, "modelyard", id="0", mkstream=True)
+    q = InputQueue(redis_url, stream, max_pending=10)
+    ids = q.enqueue_batch([(f"u{i}", {"x": [i]}) for i in range(5)])
+    done = _read(rclient, stream, 2)
+    rclient.xack(stream, "modelyard", *done)
+    rclient.xdel(stream, *done)  # what workers do by default
+    rclient.xdel(stream, ids[3])  # deleted before any worker read it
+    [group] = rclient.xinfo_groups(stream)
+    assert group["lag"] is None  # the case under test
+    assert q.pending() == 2  # u2 and u4: exact, since acknowledged entries are deleted
+
+
+def test_no_stream_and_no_group_count_zero(redis_url: str, stream: str) -> None:
+    q = InputQueue(redis_url, stream, max_pending=1, on_full="raise")
+    assert q.pending() == 0 and q.room() == 1
+    assert InputQueue(redis_url, stream, max_pending=None).room() is None
+    with pytest.raises(ValueError, match="max_pending must be at least 1"):
+        InputQueue(redis_url, stream, max_pending=0)
+
+
+def test_a_batch_larger_than_the_limit_goes_through_in_wait_mode(
+    redis_url: str, rclient: redis.Redis, stream: str
+) -> None:
+    """max_pending 3, a batch of 20 in chunks of 500: added as a worker frees room, in order."""
+    rclient.xgroup_create(stream, "modelyard", id="0", mkstream=True)
+    q = InputQueue(redis_url, stream, max_pending=3, on_full="wait", full_timeout=10)
+    seen: list[str] = []
+    most = 0
+    stop = threading.Event()
+
+    def worker() -> None:
+        nonlocal most
+        client = redis.Redis.from_url(redis_url)
+        while not stop.is_set() and len(seen) < 20:
+            reply = client.xreadgroup("modelyard", "w", {stream: ">"}, count=2, block=50)
+            for _, items in reply or []:
+                # what is unprocessed now: what this read took plus what waits
+                most = max(most, len(items) + int(client.xinfo_groups(stream)[0]["lag"] or 0))
+                ids = [entry_id for entry_id, _ in items]
+                seen.extend(f[b"uri"].decode() for _, f in items)
+                time.sleep(0.01)
+                client.xack(stream, "modelyard", *ids)
+        client.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        ids = q.enqueue_batch([(f"u{i}", {"x": [i]}) for i in range(20)], chunk=500)
+        thread.join(10)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert len(ids) == 20 and len(set(ids)) == 20
+    assert seen == [f"u{i}" for i in range(20)]
+    assert 1 <= most <= 3
+    assert rclient.xlen(stream) == 20  # acknowledged and kept: the limit still let them through
+
+
+def test_a_batch_that_can_never_fit_raises_at_once_and_adds_nothing(
+    redis_url: str, rclient: redis.Redis, stream: str
+) -> None:
+    for on_full in ("raise", "wait"):
+        q = InputQueue(redis_url, stream, max_pending=3, on_full=on_full)  # type: ignore[arg-type]
+        started = time.monotonic()
+        with pytest.raises(QueueFull, match=r"4 entries can never fit .* limit is 3 pending entries"):
+            q.wait_for_room(4)
+        assert time.monotonic() - started < 1
+    q = InputQueue(redis_url, stream, max_pending=3, on_full="raise")
+    with pytest.raises(QueueFull, match="4 entries can never fit"):
+        q.enqueue_batch([(f"u{i}", {"x": [i]}) for i in range(4)])
+    assert rclient.xlen(stream) == 0
+    # raise mode is all or nothing: 2 fit, a batch of 2 more does not, and none of it is added
+    q.enqueue_batch([("a", {}), ("b", {})])
+    with pytest.raises(QueueFull, match="holds 2 pending entries; 2 more"):
+        q.enqueue_batch([("c", {}), ("d", {})], chunk=1)
+    assert rclient.xlen(stream) == 2
+    with pytest.raises(ValueError, match="non-empty string"):
+        q.enqueue_batch([("e", {}), ("", {})])
+    assert rclient.xlen(stream) == 2

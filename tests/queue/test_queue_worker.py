@@ -161,13 +161,15 @@ def test_entries_of_a_killed_consumer_are_reclaimed(
 ) -> None:
     q = InputQueue(redis_url, stream, endpoint="sum/1")
     q.enqueue_batch([(f"u{i}", {"x": [[i, 1]]}) for i in range(30)])
-    config = WorkerConfig(stream=stream, batch_size=10, claim_idle_ms=100)
+    # idle time long enough that the first drain, however slow the machine, claims nothing
+    config = WorkerConfig(stream=stream, batch_size=10, claim_idle_ms=60_000)
 
     async def body(worker: QueueWorker, plane: SumPlane) -> None:
         # "dead" reads a batch and never answers it (as if killed with SIGKILL mid-batch)
         await worker.redis.xreadgroup("modelyard", "dead", {stream: ">"}, count=10)
         await drain(worker, "live")  # reads the other 20
         assert OutputQueue(redis_url, stream).count() == 20
+        worker.config.claim_idle_ms = 100  # now "dead" has been idle long enough
         await asyncio.sleep(0.15)
         worker._last_claim.clear()
         await drain(worker, "live")
@@ -303,3 +305,79 @@ def test_run_and_predict_and_gauges(redis_url: str, rclient: redis.Redis, stream
     assert not thread.is_alive()
     assert value(metrics, "modelyard_queue_stream_length", stream=stream) == 0
     assert value(metrics, "modelyard_queue_pending", stream=stream, group="modelyard") == 0
+
+
+def test_results_expire_after_their_ttl_and_leave_the_index(
+    redis_url: str, rclient: redis.Redis, stream: str
+) -> None:
+    q = InputQueue(redis_url, stream, endpoint="sum/1")
+    q.enqueue("dead", x=[[1, 1]])
+    q.enqueue_batch([(f"u{i}", {"x": [[i, 1]]}) for i in range(3)])
+    config = WorkerConfig(stream=stream, result_ttl_s=2, claim_idle_ms=1, max_failures=1)
+    out = OutputQueue(redis_url, stream)
+
+    async def body(worker: QueueWorker, plane: SumPlane) -> None:
+        # "dead" is read by a consumer that dies; the next claim dead-letters it (also with the TTL)
+        await worker.redis.xreadgroup("modelyard", "gone", {stream: ">"}, count=1)
+        await drain(worker)
+        await asyncio.sleep(0.01)
+        await worker.claim("c-0")
+        keys = [f"{stream}:result:{uri}" for uri in ("u0", "u1", "u2", "dead")]
+        for key in keys:
+            assert 0 < rclient.pttl(key) <= 2000, key
+        first = out.query("u0")
+        assert first is not None and first.ok and first.value["y"].tolist() == [1]
+        dead = out.query("dead")
+        assert dead is not None and dead.dead_lettered
+        assert out.count() == 4
+        for _ in range(100):  # Redis expires them about 2 s after they were written
+            if not rclient.exists(*keys):
+                break
+            await asyncio.sleep(0.05)
+        # expired: the same as never answered
+        assert out.query("u0") is None and out.query_and_delete("u1") is None
+        assert out.query("dead") is None
+        assert dict(out.results(["u0", "u2"])) == {"u0": None, "u2": None}
+        assert out.dequeue(delete=False) == {}
+        assert out.count() == 3  # the index still names them until a worker prunes it
+        await worker.update_gauges()
+        assert out.count() == 0 and out.finished() == []
+        assert out.dequeue() == {}
+
+    run(redis_url, config, body)
+
+
+def test_gauges_show_lag_pending_length_and_dead_letters(
+    redis_url: str, rclient: redis.Redis, stream: str
+) -> None:
+    q = InputQueue(redis_url, stream, endpoint="sum/1")
+    ids = q.enqueue_batch([(f"u{i}", {"x": [[i, 1]]}) for i in range(10)])
+    rclient.xadd(f"{stream}:dead", {"uri": "old", "error": "x"})
+
+    def gauges(metrics: WorkerMetrics) -> tuple[float, ...]:
+        return (
+            value(metrics, "modelyard_queue_lag", stream=stream, group="modelyard"),
+            value(metrics, "modelyard_queue_pending", stream=stream, group="modelyard"),
+            value(metrics, "modelyard_queue_stream_length", stream=stream),
+            value(metrics, "modelyard_queue_dead_letter_length", stream=stream),
+        )
+
+    async def body(worker: QueueWorker, plane: SumPlane) -> list[tuple[float, ...]]:
+        seen = []
+        await worker.update_gauges()
+        seen.append(gauges(worker.metrics))
+        await worker.redis.xreadgroup("modelyard", "slow", {stream: ">"}, count=3)
+        await worker.update_gauges()
+        seen.append(gauges(worker.metrics))
+        await worker.redis.xdel(stream, ids[5])  # not yet read: Redis can no longer tell the lag
+        assert (await worker.redis.xinfo_groups(stream))[0]["lag"] is None
+        await worker.update_gauges()
+        seen.append(gauges(worker.metrics))
+        return seen
+
+    _, _, seen = run(redis_url, WorkerConfig(stream=stream), body)
+    assert seen == [
+        (10, 0, 10, 1),  # nothing read yet
+        (7, 3, 10, 1),  # three read by a consumer, not acknowledged
+        (6, 3, 9, 1),  # lag from the length (acknowledged entries are deleted by default)
+    ]

@@ -1,8 +1,7 @@
 """``modelyard queue-worker``: consume a Redis stream of inference inputs (see docs/queue.md).
 
-The lead registers :func:`queue_worker` in the main app
-(``app.command("queue-worker")(queue_worker)``); ``python -m modelyard.cli.queue_worker``
-runs it alone.
+Registered in the root app (``modelyard/cli/main.py``), where the root ``--url``/``--token``
+apply to it as to every command; ``python -m modelyard.cli.queue_worker`` runs it alone.
 """
 
 from __future__ import annotations
@@ -10,9 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+from modelyard.cli import _common as common
+
+if TYPE_CHECKING:
+    from modelyard.settings import Settings
 
 
 def queue_worker(
@@ -30,9 +34,14 @@ def queue_worker(
         help="Redis URL (default redis://127.0.0.1:6379/0).",
     ),
     control_plane: str | None = typer.Option(
-        None, "--control-plane", "--url", envvar="MODELYARD_URL", help="Control plane URL to follow."
+        None,
+        "--control-plane",
+        "--url",
+        help="Control plane URL to follow (default: the root --url, else MODELYARD_URL).",
     ),
-    token: str | None = typer.Option(None, "--token", envvar="MODELYARD_TOKEN", help="API token."),
+    token: str | None = typer.Option(
+        None, "--token", help="API token (default: root --token, else MODELYARD_TOKEN, else <home>/token)."
+    ),
     consumers: int = typer.Option(1, "--consumers", min=1, help="Concurrent consumers in this process."),
     group: str = typer.Option("modelyard", "--group", help="Consumer group name."),
     consumer: str | None = typer.Option(None, "--consumer", help="Consumer name prefix (default host-pid)."),
@@ -56,18 +65,16 @@ def queue_worker(
     """Run a queue worker: read inputs from a Redis stream, run them, write results by uri."""
     from modelyard.queue.runner import run_worker
     from modelyard.queue.worker import WorkerConfig
-    from modelyard.settings import Settings
 
-    overrides: dict[str, Any] = {
-        "service": service,
-        "redis_url": redis_url,
-        "control_plane_url": control_plane,
-        "token": token,
-        "home": home,
-        "cache_dir": cache_dir,
-        "log_level": log_level,
-    }
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = worker_settings(
+        service=service,
+        redis_url=redis_url,
+        control_plane_url=control_plane,
+        token=token,
+        home=home,
+        cache_dir=cache_dir,
+        log_level=log_level,
+    )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -85,6 +92,24 @@ def queue_worker(
         delete_acked=not keep_acked,
     )
     asyncio.run(run_worker(settings, config, metrics_port=metrics_port))
+
+
+def worker_settings(**flags: Any) -> Settings:
+    """Settings for a worker: its own flags, then the root ``--url``/``--token``, then the environment.
+
+    ``modelyard --url U --token T queue-worker ...`` gives the worker the same control plane
+    and token as every other command; MODELYARD_URL, MODELYARD_CONTROL_PLANE_URL and
+    MODELYARD_TOKEN apply only when neither the command nor the root was given one.
+    """
+    from modelyard.settings import Settings
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    root = common.globals_()
+    if root.url is not None:
+        given.setdefault("control_plane_url", root.url)
+    if root.token is not None:
+        given.setdefault("token", root.token)
+    return Settings(**given)
 
 
 def main() -> None:

@@ -11,12 +11,18 @@
     inq.predict({"x": [[5.1, 3.5, 1.4, 0.2]]}, timeout=5)   # enqueue and wait: the value
 
 Backpressure: with ``max_pending`` set, ``enqueue`` refuses to let the stream
-hold more than that many unprocessed entries (workers delete the entries they
-acknowledge, so the stream's length is the backlog); with
-``max_memory_fraction`` set it also refuses while Redis uses more than that
-fraction of its ``maxmemory``. ``on_full="wait"`` waits (up to
-``full_timeout`` seconds, then raises), ``on_full="raise"`` raises
-:class:`QueueFull` at once. Nothing is dropped silently.
+hold more than that many unprocessed entries: entries the workers' consumer
+group has not read yet (its ``lag``) plus entries read and not yet acknowledged
+(its ``pending``), from ``XINFO GROUPS``. Counting the group, not ``XLEN``, keeps
+the limit right when workers keep acknowledged entries (``--keep-acked``).
+Before any worker made the group, or when Redis cannot tell the lag (an entry
+not yet read was deleted), the stream's length is used: every unprocessed entry
+is in the stream, so it never under-counts. With ``max_memory_fraction`` set it
+also refuses while Redis uses more than that fraction of its ``maxmemory``.
+``on_full="wait"`` waits (up to ``full_timeout`` seconds without room, then
+raises), adding a batch in pieces as room frees up, so a batch larger than the
+limit still goes through; ``on_full="raise"`` raises :class:`QueueFull` at once
+and adds nothing of the batch. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import redis
 
 from modelyard.errors import Overloaded
 from modelyard.queue import codec
-from modelyard.queue.keys import DEFAULT_STREAM, QueueKeys, Result
+from modelyard.queue.keys import DEFAULT_GROUP, DEFAULT_STREAM, QueueKeys, Result
 
 OnFull = Literal["wait", "raise"]
 
@@ -55,6 +61,10 @@ def now_ms() -> float:
     return time.time() * 1000.0
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class InputQueue:
     """Producer side of one input stream."""
 
@@ -69,6 +79,7 @@ class InputQueue:
         on_full: OnFull = "wait",
         full_timeout: float = 30.0,
         check_interval: float = 0.05,
+        group: str = DEFAULT_GROUP,
         client: redis.Redis | None = None,
     ) -> None:
         if on_full not in ("wait", "raise"):
@@ -78,6 +89,10 @@ class InputQueue:
         self.stream = stream
         self.endpoint = endpoint
         """Default endpoint (``iris/1``) written on each entry; None leaves it to the worker."""
+        self.group = group
+        """The workers' consumer group (``queue-worker --group``) whose backlog ``max_pending`` limits."""
+        if max_pending is not None and max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1 (or None for no limit), not {max_pending}")
         self.max_pending = max_pending
         self.max_memory_fraction = max_memory_fraction
         self.on_full = on_full
@@ -103,30 +118,40 @@ class InputQueue:
         endpoint: str | None = None,
         chunk: int = 500,
     ) -> list[str]:
-        """Put many ``(uri, {name: tensor})`` inputs on the stream, pipelined; their entry ids."""
-        pairs = items.items() if isinstance(items, Mapping) else items
+        """Put many ``(uri, {name: tensor})`` inputs on the stream, pipelined; their entry ids.
+
+        ``on_full="raise"``: the whole batch must fit now, else :class:`QueueFull` and nothing
+        is added. ``on_full="wait"``: pieces of at most ``chunk`` entries are added as room
+        frees up, each no larger than the room there is, so any batch goes through in time.
+        """
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, not {chunk}")
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        for uri, _ in pairs:
+            if not isinstance(uri, str) or not uri:
+                raise ValueError(f"uri must be a non-empty string, not {uri!r}")
+        if not pairs:
+            return []
+        if self.on_full == "raise":
+            self.wait_for_room(len(pairs))  # all or nothing
         ids: list[str] = []
-        batch: list[tuple[str, Mapping[str, Any]]] = []
-        for pair in pairs:
-            batch.append(pair)
-            if len(batch) >= chunk:
-                ids.extend(self._add(batch, endpoint))
-                batch = []
-        if batch:
-            ids.extend(self._add(batch, endpoint))
+        start = 0
+        while start < len(pairs):
+            size = min(chunk, len(pairs) - start)
+            if self.on_full == "wait":
+                size = min(size, self.wait_for_some_room(size))
+            ids.extend(self._add(pairs[start : start + size], endpoint))
+            start += size
         return ids
 
     def _add(self, batch: list[tuple[str, Mapping[str, Any]]], endpoint: str | None) -> list[str]:
         endpoint = endpoint or self.endpoint
         entries = []
         for uri, tensors in batch:
-            if not isinstance(uri, str) or not uri:
-                raise ValueError(f"uri must be a non-empty string, not {uri!r}")
             fields: dict[str, Any] = {"uri": uri, "data": codec.encode_inputs(tensors)}
             if endpoint:
                 fields["endpoint"] = endpoint
             entries.append(fields)
-        self.wait_for_room(len(entries))
         pipe = self.redis.pipeline(transaction=False)
         t = repr(now_ms())
         for fields in entries:
@@ -138,10 +163,40 @@ class InputQueue:
 
     # -- backpressure ----------------------------------------------------------------------------
     def pending(self) -> int:
-        """Entries in the stream: not yet processed, or being processed."""
-        self._length = int(self.redis.xlen(self.stream))
+        """Entries not yet processed: waiting for a worker, or read by one and not acknowledged.
+
+        The consumer group's ``lag + pending`` (``XINFO GROUPS``, Redis 7), capped by the
+        stream's length; the length alone before the group exists or when Redis reports the
+        lag as unknown (nil: an entry not yet read was deleted). Every unprocessed entry is in
+        the stream, so the length is an upper bound, exact when workers delete what they
+        acknowledge (the default).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(self.stream)
+        pipe.xinfo_groups(self.stream)
+        length, groups = pipe.execute(raise_on_error=False)
+        if isinstance(length, Exception):
+            raise length
+        count = int(length)
+        if isinstance(groups, redis.ResponseError):  # no such stream yet
+            groups = []
+        elif isinstance(groups, Exception):
+            raise groups
+        for group in groups:
+            if _text(group.get("name")) == self.group:
+                lag = group.get("lag")
+                if lag is not None:
+                    count = min(count, int(lag) + int(group.get("pending") or 0))
+                break
+        self._length = count
         self._length_at = time.monotonic()
-        return self._length
+        return count
+
+    def room(self) -> int | None:
+        """How many entries fit under ``max_pending`` now (None: no limit)."""
+        if self.max_pending is None:
+            return None
+        return max(0, self.max_pending - self.pending())
 
     def _full(self, n: int) -> str | None:
         now = time.monotonic()
@@ -168,7 +223,17 @@ class InputQueue:
         return None
 
     def wait_for_room(self, n: int = 1) -> None:
-        """Return when ``n`` more entries fit; raise :class:`QueueFull` (at once or on timeout)."""
+        """Return when ``n`` more entries fit; raise :class:`QueueFull` (at once or on timeout).
+
+        ``n`` above ``max_pending`` can never fit: that raises at once in either mode.
+        """
+        if self.max_pending is not None and n > self.max_pending:
+            raise QueueFull(
+                f"{n} entries can never fit in stream {self.stream!r}: its limit is "
+                f"{self.max_pending} pending entries (enqueue them in smaller batches, or with "
+                f"on_full='wait', which adds them as room frees up)",
+                retry_after=1,
+            )
         reason = self._full(n)
         if reason is None:
             return
@@ -183,6 +248,13 @@ class InputQueue:
             pause = min(pause * 2, 0.1)
             self._length_at = 0.0
             reason = self._full(n)
+
+    def wait_for_some_room(self, want: int) -> int:
+        """Wait until at least one entry fits (as :meth:`wait_for_room`); how many, up to ``want``."""
+        self.wait_for_room(1)
+        if self.max_pending is None:
+            return want
+        return max(1, min(want, self.max_pending - self._length))
 
     # -- request/response ------------------------------------------------------------------------
     def predict(

@@ -3,6 +3,10 @@
 :func:`run_worker` is what ``modelyard queue-worker`` runs. The runtime is the
 same :class:`~modelyard.serving.runtime.InferenceRuntime` an HTTP replica uses,
 so a new model version or new preprocess code is picked up without a restart.
+
+``--metrics-port`` serves one registry: the runtime's (the same per-endpoint request
+counts, latencies, batch sizes and endpoint states an HTTP replica's ``/metrics`` shows,
+for the inputs this worker ran) plus the queue's own :class:`WorkerMetrics`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import signal
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import start_http_server
 from redis.utils import HIREDIS_AVAILABLE
 
 from modelyard.queue.metrics import WorkerMetrics
@@ -35,24 +39,24 @@ async def run_worker(
     config: WorkerConfig,
     *,
     metrics_port: int | None = None,
-    registry: CollectorRegistry | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Follow ``settings.service`` on the control plane and consume ``config.stream`` until stopped.
 
     SIGTERM and SIGINT stop it gracefully: no new reads, the batches in hand are finished
-    and acknowledged.
+    and acknowledged. With ``metrics_port``, ``/metrics`` is served from the start (before
+    the control plane answers), so a scrape shows a worker that is up but not consuming.
     """
     if not HIREDIS_AVAILABLE:
         log.warning(
             "hiredis is not installed: Redis replies are parsed in Python, which roughly halves "
             "the worker's throughput; pip install 'redis[hiredis]'"
         )
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = WorkerMetrics(registry)
-    if metrics_port is not None:
-        start_http_server(metrics_port, registry=registry)
     runtime = InferenceRuntime(settings)
+    metrics = WorkerMetrics(runtime.metrics.registry)
+    server = None
+    if metrics_port is not None:
+        server, _ = start_http_server(metrics_port, registry=runtime.metrics.registry)
     client = aioredis.Redis.from_url(settings.redis_url)
     worker = QueueWorker(client, runtime.dataplane.infer_many, config, metrics)
     stop = stop or asyncio.Event()
@@ -81,3 +85,6 @@ async def run_worker(
     finally:
         await runtime.stop()
         await client.aclose()
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -105,6 +105,7 @@ class QueueWorker:
         try:
             await self.stopping.wait()
         finally:
+            self.stopping.set()  # also when run() itself is cancelled
             tasks[-1].cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
@@ -137,10 +138,15 @@ class QueueWorker:
                 backoff = min(backoff * 2, 5.0)
 
     async def _gauges(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
+        # Ends on ``stopping``, not only on cancel: redis-py may turn a cancellation that
+        # lands mid-command into an ordinary error, which this loop must survive.
+        while not self.stopping.is_set():
+            try:
                 await self.update_gauges()
-            await asyncio.sleep(self.config.gauge_interval_s)
+            except Exception as exc:
+                log.debug("updating the queue gauges failed: %s", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.config.gauge_interval_s)
 
     async def update_gauges(self) -> None:
         c, m = self.config, self.metrics
@@ -155,8 +161,13 @@ class QueueWorker:
         m.dead_length.labels(c.stream).set(dead)
         for group in groups:
             if _text(group.get("name")) == c.group:
-                m.pending.labels(c.stream, c.group).set(group.get("pending") or 0)
+                pending = int(group.get("pending") or 0)
+                m.pending.labels(c.stream, c.group).set(pending)
                 lag = group.get("lag")
+                if lag is None and c.delete_acked:
+                    # Redis cannot tell (an entry not yet read was deleted); the stream holds
+                    # exactly the unprocessed entries when acknowledged ones are deleted
+                    lag = max(0, int(length) - pending)
                 if lag is not None:
                     m.lag.labels(c.stream, c.group).set(lag)
 
