@@ -12,6 +12,9 @@ use the ``live*`` modes and a worker's live gauges are dropped when it exits (``
 on shutdown, and at scrape time for workers that died without saying so). Process CPU/memory
 is reported per live worker with a ``pid`` label.
 
+Besides the per-endpoint series: shadow traffic of canaries (:class:`ShadowMetrics`, the canary
+router's observer), and per-GPU series when NVML starts (:mod:`modelyard.metrics_gpu`).
+
 Hot path: :meth:`Metrics.endpoint` returns an :class:`EndpointInstruments` with every labelled
 child resolved once per endpoint version; a request then costs a few lock-protected adds.
 """
@@ -37,6 +40,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from modelyard.metrics_custom import CustomStatistics
+from modelyard.metrics_gpu import GpuProbe, GpuStatusCollector, probe_gpus
 
 log = logging.getLogger("modelyard.metrics")
 
@@ -132,6 +136,41 @@ class BatchMetrics:
         pass
 
 
+class ShadowMetrics:
+    """Shadow traffic of canaries: answers by status code, their latency, and dropped copies.
+
+    The shadow target's own ``modelyard_requests_total`` and custom statistics (a metric rule
+    on the target, e.g. ``iris/*``) record its answers too; these series tell them apart from
+    client traffic and show what was dropped to protect the primary.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._done: dict[tuple[str, str, int], Any] = {}
+        self._duration: dict[tuple[str, str], Any] = {}
+        self._dropped: dict[tuple[str, str], Any] = {}
+
+    def shadow_done(self, canary: str, target: str, status: int, seconds: float) -> None:
+        m = self._metrics
+        child = self._done.get((canary, target, status))
+        if child is None:
+            child = self._done[(canary, target, status)] = m.shadow_requests.labels(
+                m.service, canary, target, str(status)
+            )
+        child.inc()
+        timer = self._duration.get((canary, target))
+        if timer is None:
+            timer = self._duration[(canary, target)] = m.shadow_duration.labels(m.service, canary, target)
+        timer.observe(seconds)
+
+    def shadow_dropped(self, canary: str, target: str) -> None:
+        child = self._dropped.get((canary, target))
+        if child is None:
+            m = self._metrics
+            child = self._dropped[(canary, target)] = m.shadow_dropped.labels(m.service, canary, target)
+        child.inc()
+
+
 class Metrics:
     """The standard metrics of one process, plus custom statistics. See the module docstring."""
 
@@ -215,18 +254,42 @@ class Metrics:
             registry=r,
         )
         self.custom = CustomStatistics(r, service, self.custom_errors.labels(service))
+        self.shadow_requests = Counter(
+            "modelyard_shadow_requests",
+            "Shadow copies of canary requests answered, by canary, shadow target and the shadow's "
+            "status code (never returned to the client).",
+            ["service", "canary", "target", "code"],
+            registry=r,
+        )
+        self.shadow_duration = Histogram(
+            "modelyard_shadow_duration_seconds",
+            "Time from mirroring a request to the shadow target's answer (waiting for a shadow "
+            "thread included).",
+            ["service", "canary", "target"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "modelyard_shadow_dropped",
+            "Shadow copies not sent: too many shadows running, or the target not serving here.",
+            ["service", "canary", "target"],
+            registry=r,
+        )
         self._unrouted: dict[tuple[str, str, int], Any] = {}
         self._endpoints: dict[str, EndpointInstruments] = {}
         self._states: dict[str, tuple[str, str, str]] = {}
-        self._gpu = gpu_collector() if gpu else None
+        self.gpu: GpuProbe = probe_gpus(gpu)
+        """Whether per-GPU series are exported, and why not (``modelyard_gpu_metrics_enabled``)."""
+        self._gpu_status = GpuStatusCollector(self.gpu)
         if self.multiprocess_dir is None:
             from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-            if self._gpu is not None:
-                r.register(self._gpu)
+            r.register(self._gpu_status)
+            if self.gpu.collector is not None:
+                r.register(self.gpu.collector)
 
     # -- per endpoint -----------------------------------------------------------------------------
     def endpoint(self, endpoint: str, version: str) -> EndpointInstruments:
@@ -240,6 +303,10 @@ class Metrics:
     def batch_observer(self) -> BatchMetrics:
         """The dynamic batcher's observer (:class:`modelyard.serving.batching.BatchObserver`)."""
         return BatchMetrics(self._endpoints)
+
+    def shadow_observer(self) -> ShadowMetrics:
+        """The canary router's observer (:class:`modelyard.serving.routing.ShadowObserver`)."""
+        return ShadowMetrics(self)
 
     def count_unrouted(self, endpoint: str, version: str, code: int) -> None:
         """A request that never reached an endpoint version (unknown, loading, bad body)."""
@@ -280,8 +347,9 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.multiprocess_dir)
         registry.register(WorkerProcessCollector(self.multiprocess_dir))
-        if self._gpu is not None:
-            registry.register(self._gpu)
+        registry.register(self._gpu_status)
+        if self.gpu.collector is not None:
+            registry.register(self.gpu.collector)
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def own_samples(self, name: str) -> Iterator[Any]:
@@ -357,49 +425,3 @@ class WorkerProcessCollector(Collector):
                 for sample in family.samples:
                     out.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
         return list(merged.values())
-
-
-# -- GPUs ------------------------------------------------------------------------------------------
-
-
-class GpuCollector(Collector):
-    """Utilisation and memory of every NVIDIA device, read through NVML at scrape time."""
-
-    def __init__(self, nvml: Any, count: int) -> None:
-        self.nvml = nvml
-        self.count = count
-
-    def collect(self) -> Iterable[Metric]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        util = GaugeMetricFamily(
-            "modelyard_gpu_utilization_ratio",
-            "GPU busy fraction over the last sample period.",
-            labels=["gpu"],
-        )
-        used = GaugeMetricFamily("modelyard_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"])
-        total = GaugeMetricFamily("modelyard_gpu_memory_total_bytes", "GPU memory installed.", labels=["gpu"])
-        for index in range(self.count):
-            try:
-                handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
-                rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
-                memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
-            except Exception as exc:  # a device can vanish or error; the rest still reports
-                log.debug("NVML read of GPU %d failed: %s", index, exc)
-                continue
-            util.add_metric([str(index)], float(rates.gpu) / 100.0)
-            used.add_metric([str(index)], float(memory.used))
-            total.add_metric([str(index)], float(memory.total))
-        return [util, used, total]
-
-
-def gpu_collector() -> GpuCollector | None:
-    """A :class:`GpuCollector` when pynvml imports and finds a device; None otherwise (silently)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        count = int(pynvml.nvmlDeviceGetCount())
-    except Exception:
-        return None
-    return GpuCollector(pynvml, count) if count > 0 else None

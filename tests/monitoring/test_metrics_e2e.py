@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from modelyard.metrics import Metrics
 from modelyard.server import create_all_in_one_app
 from modelyard.settings import Settings
+from tests.monitoring.tools import samples, value
 from tests.servers import run_uvicorn_in_thread
 from tests.serving.helpers import PREPROCESS_XY, Api, train_sklearn, wait_for
 
@@ -35,7 +38,7 @@ class Server:
     def __init__(self, url: str, api: Api, tmp: Path) -> None:
         self.url, self.api, self.tmp = url, api, tmp
 
-    def add(self, name: str, version: str, code: str = PREPROCESS_XY) -> None:
+    def add(self, name: str, version: str, code: str = PREPROCESS_XY, **options: Any) -> None:
         path = self.tmp / f"{name}-{version}.pkl"
         train_sklearn(path)
         self.api.endpoint(
@@ -44,6 +47,7 @@ class Server:
             engine="sklearn",
             model_id=self.api.model(path, name),
             preprocess=self.api.code(code),
+            options=options,
         )
         wait_for(lambda: self.infer(f"{name}/{version}").status_code == 200)
 
@@ -55,25 +59,6 @@ class Server:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         return samples(response.text)
-
-
-def samples(text: str) -> dict[str, float]:
-    """``{'name{a="1",b="2"}': value}`` with labels sorted, for every sample."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}"] = s.value
-    return out
-
-
-def value(metrics: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for key, v in metrics.items():
-        if key.split("{", 1)[0] == name and all(f'{k}="{val}"' in key for k, val in labels.items()):
-            total += v
-    return total
 
 
 @pytest.fixture
@@ -100,7 +85,13 @@ def test_standard_metrics_count_every_request_with_stages_and_states(server: Ser
     assert ok == 5
     assert value(m, "modelyard_requests_total", code="422", **ep) == 1
     assert value(m, "modelyard_requests_total", code="400", **ep) == 1  # refused before routing
-    assert value(m, "modelyard_requests_total", code="404", endpoint="", version="") == 1
+    # (the wait for iris/1 to load may have met a 404 before the replica knew it: count from `before`)
+    unrouted = {"code": "404", "endpoint": "", "version": ""}
+    assert (
+        value(m, "modelyard_requests_total", **unrouted)
+        - value(before, "modelyard_requests_total", **unrouted)
+        == 1
+    )
     # cumulative histogram with +Inf, count equals the requests that ran
     count = value(m, "modelyard_request_duration_seconds_count", **ep)
     assert count == value(m, "modelyard_request_duration_seconds_bucket", le="+Inf", **ep) >= 6
@@ -112,6 +103,48 @@ def test_standard_metrics_count_every_request_with_stages_and_states(server: Ser
     assert value(m, "modelyard_model_load_seconds_count", engine="sklearn", **ep) == 1
     assert value(m, "modelyard_config_revision", service="default") >= 2
     assert value(m, "process_resident_memory_bytes") > 0  # the client's default collectors
+
+
+ASYNC_CODE = """
+import asyncio
+
+class Preprocess:
+    async def preprocess(self, body, state, collect_custom_statistics_fn=None):
+        await asyncio.sleep(0)
+        return [[body["x0"], body["x1"]]]
+
+    def postprocess(self, data, state, collect_custom_statistics_fn=None):
+        return {"y": data.tolist()}
+"""
+
+
+@pytest.mark.parametrize("code", [PREPROCESS_XY, ASYNC_CODE], ids=["sync_hooks", "async_preprocess"])
+def test_batched_endpoint_records_every_stage_of_every_request(server: Server, code: str) -> None:
+    server.add("iris", "1", code, max_batch_size=8, max_batch_delay_ms=20)
+    before = server.metrics()
+    n = 48
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda i: server.infer("iris/1", {"x0": i % 3, "x1": 1}).status_code, range(n)))
+    assert codes == [200] * n
+    m = server.metrics()
+    ep = {"service": "default", "endpoint": "iris", "version": "1"}
+
+    def delta(name: str, **labels: str) -> float:
+        return value(m, name, **labels, **ep) - value(before, name, **labels, **ep)
+
+    assert delta("modelyard_requests_total", code="200") == n
+    batches = delta("modelyard_batch_size_count")
+    assert delta("modelyard_batch_size_sum") == n and batches < n  # requests did share engine calls
+    for stage in ("queue", "preprocess", "process", "postprocess"):  # one sample per request and stage
+        assert delta("modelyard_stage_duration_seconds_count", stage=stage) == n, stage
+        assert delta("modelyard_stage_duration_seconds_bucket", stage=stage, le="+Inf") == n, stage
+    # a request's stages fit in its latency: the shared engine call is counted once per request
+    stages = sum(
+        delta("modelyard_stage_duration_seconds_sum", stage=s)
+        for s in ("queue", "preprocess", "process", "postprocess")
+    )
+    assert 0 < stages <= delta("modelyard_request_duration_seconds_sum")
+    assert delta("modelyard_stage_duration_seconds_sum", stage="queue") > 0
 
 
 def test_load_failure_is_counted_and_state_failed(server: Server, tmp_path: Path) -> None:
@@ -266,3 +299,87 @@ def test_standalone_replica_serves_metrics(settings: Settings) -> None:
             assert (
                 value(samples(httpx.get(f"{url}/metrics").text), "modelyard_requests_total", code="404") == 1
             )
+
+
+def nvml_devices() -> int | None:
+    """How many GPUs NVML itself reports here, or None when NVML cannot start (no fake)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:
+        return None
+
+
+def test_gpu_series_only_when_nvml_starts_and_the_reason_when_not(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = httpx.get(f"{server.url}/metrics")
+    assert response.status_code == 200
+    m = samples(response.text)
+    gpu_series = [k for k in m if k.startswith("modelyard_gpu_") and "metrics_enabled" not in k]
+    [(status, enabled)] = [(k, v) for k, v in m.items() if k.startswith("modelyard_gpu_metrics_enabled")]
+    devices = nvml_devices()
+    if devices:  # a GPU machine: one utilisation and two memory series per device
+        assert status == 'modelyard_gpu_metrics_enabled{reason="enabled"}' and enabled == 1
+        assert value(m, "modelyard_gpu_memory_total_bytes") > 0
+        assert len(gpu_series) == 3 * devices, gpu_series
+    else:  # no GPU here: /metrics works, no GPU series, and says why
+        assert enabled == 0 and not gpu_series, gpu_series
+        assert status in (
+            'modelyard_gpu_metrics_enabled{reason="nvml_not_installed"}',
+            'modelyard_gpu_metrics_enabled{reason="nvml_unavailable"}',
+        ), status
+        with caplog.at_level(logging.INFO, logger="modelyard.metrics"):
+            probe = Metrics(service="x").gpu
+        assert probe.collector is None and f"GPU metrics off: {probe.detail}" in caplog.text
+        assert probe.reason in status
+    assert value(m, "process_resident_memory_bytes") > 0
+
+
+def test_control_plane_serves_its_own_metrics(settings: Settings) -> None:
+    from tests.servers import run_control_plane
+
+    with run_control_plane(settings) as control:
+        api = Api(control.url, control.admin_token)
+        api.http.post("/api/services", json={"name": "other"}).raise_for_status()
+        for _ in range(3):
+            assert api.http.get("/api/services/other").status_code == 200
+        assert api.http.get("/api/services/missing").status_code == 404
+        assert httpx.get(f"{control.url}/no/such/path").status_code == 404
+        response = httpx.get(f"{control.url}/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        m = samples(response.text)
+        requests = "modelyard_control_api_requests_total"
+        assert value(m, requests, method="GET", route="/api/services/{name}", code="200") == 3
+        assert value(m, requests, method="GET", route="/api/services/{name}", code="404") == 1
+        assert value(m, requests, method="POST", route="/api/services", code="201") == 1
+        assert value(m, requests, route="unmatched", code="404") == 1  # raw paths never become labels
+        assert not [k for k in m if k.startswith(requests) and "missing" in k]
+        assert (
+            value(m, "modelyard_control_api_request_duration_seconds_count", route="/api/services/{name}")
+            == 4
+        )
+        for service in ("default", "other"):
+            revision = api.http.get(f"/api/services/{service}").json()["revision"]
+            assert value(m, "modelyard_control_service_revision", service=service) == revision
+            assert value(m, "modelyard_control_endpoints", service=service) == 0
+        assert value(m, "process_resident_memory_bytes") > 0
+
+
+def test_control_plane_metrics_follow_the_read_policy(settings: Settings) -> None:
+    from tests.servers import run_control_plane
+
+    with run_control_plane(settings.model_copy(update={"require_token_for_reads": True})) as control:
+        assert httpx.get(f"{control.url}/metrics").status_code == 401
+        response = httpx.get(
+            f"{control.url}/metrics", headers={"authorization": f"Bearer {control.admin_token}"}
+        )
+        assert response.status_code == 200
+        assert (
+            value(
+                samples(response.text), "modelyard_control_api_requests_total", route="/metrics", code="401"
+            )
+            == 1
+        )

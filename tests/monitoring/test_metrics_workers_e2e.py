@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.monitoring.test_metrics_e2e import samples, value
+from tests.monitoring.tools import samples, value
 from tests.servers import free_port
 from tests.serving.helpers import PREPROCESS_XY, Api, train_sklearn, wait_for
 
@@ -157,3 +157,49 @@ def test_bad_metric_rule_from_the_cli_is_refused(running: Running) -> None:
     )
     assert result.returncode == 1 and "between 0 and 1" in result.stderr
     assert "no metric rules" in running.cli("metrics", "list")  # nothing was stored
+
+
+def test_control_plane_with_two_workers_sums_its_api_counts(tmp_path: Path) -> None:
+    """``modelyard control-plane --workers 2``: the committed scrape target, summed over workers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MODELYARD_HOME": str(tmp_path / "home")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = open(tmp_path / "control.log", "w+")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [MODELYARD, "control-plane", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: _answers(f"{url}/api/health"), timeout=60, interval=0.2)
+        route = {"method": "GET", "route": "/api/services/{name}", "code": "200"}
+
+        def scrape() -> dict[str, float]:
+            response = httpx.get(f"{url}/metrics", timeout=10)  # a new connection: any worker
+            assert response.status_code == 200, response.text
+            return samples(response.text)
+
+        before = value(scrape(), "modelyard_control_api_requests_total", **route)
+        sent = 40
+        for _ in range(sent):  # new connections, so both workers answer some
+            assert httpx.get(f"{url}/api/services/default").status_code == 200
+        scrapes = [scrape() for _ in range(8)]
+        totals = {value(m, "modelyard_control_api_requests_total", **route) for m in scrapes}
+        assert totals == {before + sent}, totals
+        revision = httpx.get(f"{url}/api/services/default").json()["revision"]
+        assert {value(m, "modelyard_control_service_revision", service="default") for m in scrapes} == {
+            revision
+        }
+        m = scrapes[-1]
+        pids = {k.split('pid="')[1].split('"')[0] for k in m if k.startswith("process_resident_memory_bytes")}
+        assert len(pids) == 2, pids
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

@@ -1,4 +1,5 @@
-"""Test setup for the monitoring tests: Debian packages installed when missing, load generators."""
+"""Test setup for the monitoring tests: Debian packages installed when missing, load generators,
+and reading a Prometheus text exposition."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def ensure_debian_package(binary: str, package: str) -> str:
@@ -76,3 +78,22 @@ class Load:
         """Requests per second to ``path`` with ``status`` over the last ``window_s`` seconds."""
         since = time.monotonic() - window_s
         return sum(1 for t, p, s, _ in list(self.log) if t >= since and p == path and s == status) / window_s
+
+
+def samples(text: str) -> dict[str, float]:
+    """``{'name{a="1",b="2"}': value}`` with labels sorted, for every sample."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def value(metrics: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for key, v in metrics.items():
+        if key.split("{", 1)[0] == name and all(f'{k}="{val}"' in key for k, val in labels.items()):
+            total += v
+    return total

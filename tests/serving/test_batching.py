@@ -14,6 +14,7 @@ import pytest
 from modelyard.config import EndpointConfig
 from modelyard.engines.base import CollectFn, Engine
 from modelyard.errors import ModelLoadError, ModelyardError, Overloaded, Unprocessable
+from modelyard.metrics import Metrics
 from modelyard.serving.endpoint import LoadedEndpoint
 
 
@@ -176,3 +177,44 @@ def test_bad_batching_options_fail_the_load(pool: ThreadPoolExecutor) -> None:
             endpoint(pool, **options)
     loaded, _ = endpoint(pool, max_batch_size="1")
     assert loaded.batcher is None
+
+
+def _stage_samples(metrics: Metrics) -> dict[tuple[str, str], float]:
+    """``{(sample name, stage): value}`` of the stage histogram (``le`` buckets summed away)."""
+    out: dict[tuple[str, str], float] = {}
+    for sample in metrics.own_samples("modelyard_stage_duration_seconds"):
+        if sample.name.endswith(("_count", "_sum")):
+            key = (sample.name.rsplit("_", 1)[1], sample.labels["stage"])
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def test_batched_requests_record_their_stages_and_the_shared_engine_time(pool: ThreadPoolExecutor) -> None:
+    metrics = Metrics(gpu=False)
+    loaded, engine = endpoint(pool, metrics.batch_observer(), max_batch_size=8, max_batch_delay_ms=50)
+    loaded.instruments = metrics.endpoint("rows", "1")
+    engine.delay_s = 0.02
+    good: list[Any] = [[[float(i), 1.0]] for i in range(8)]
+    bad = list(good)
+    bad[3] = [[-1.0, 1.0]]  # the stacked call fails, then each runs alone
+    seen: list[dict[tuple[str, str], float]] = []
+
+    async def main() -> list[Any]:  # one event loop: the batcher's workers live on it
+        await asyncio.gather(*(_run(loaded, b) for b in good))
+        seen.append(_stage_samples(metrics))
+        return await asyncio.gather(*(_run(loaded, b) for b in bad), return_exceptions=True)
+
+    results = asyncio.run(main())
+    stages = seen[0]
+    assert engine.calls[0] == 8  # one stacked call of 0.02 s ...
+    assert stages[("count", "process")] == 8 and stages[("count", "queue")] == 8
+    assert 8 * 0.02 <= stages[("sum", "process")] < 8 * 0.02 * 5  # ... is each request's process time
+    assert stages.get(("count", "preprocess"), 0) == 0  # no user code: no such stage
+
+    assert isinstance(results[3], Unprocessable)
+    assert engine.calls[1:] == [8, 1, 1, 1, 1, 1, 1, 1, 1]
+    after = _stage_samples(metrics)
+    assert after[("count", "queue")] == 16  # every request waited in the queue
+    assert after[("count", "process")] == 8 + 7  # the failed one records no stages, as unbatched
+    # each answered request spent the failed stacked call plus its own call in the engine
+    assert after[("sum", "process")] - stages[("sum", "process")] >= 7 * 2 * 0.02

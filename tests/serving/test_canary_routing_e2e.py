@@ -13,6 +13,7 @@ import pytest
 
 from modelyard.server import create_all_in_one_app
 from modelyard.settings import Settings
+from tests.monitoring.tools import samples, value
 from tests.servers import run_uvicorn_in_thread
 from tests.serving.helpers import PREPROCESS_XY, Api, status_of, train_sklearn, wait_for
 
@@ -31,6 +32,20 @@ class Preprocess:
     def preprocess(self, body, state, collect_custom_statistics_fn=None):
         time.sleep(0.3)
         return [[body["x0"], body["x1"]]]
+"""
+
+BURN = """
+import time
+
+class Preprocess:
+    def preprocess(self, body, state, collect_custom_statistics_fn=None):
+        deadline, n = time.perf_counter() + 0.2, 0
+        while time.perf_counter() < deadline:  # pure Python: holds the GIL, not a sleep
+            n += 1
+        return [[body["x0"], body["x1"]]]
+
+    def postprocess(self, data, state, collect_custom_statistics_fn=None):
+        return {"y": data.tolist(), "verdict": "burned"}
 """
 
 
@@ -70,6 +85,11 @@ class Server:
             assert r.json()["code"] == r.headers["x-modelyard-endpoint"]  # the header names who answered
             seen[r.headers["x-modelyard-endpoint"]] += 1
         return seen
+
+    def metrics(self) -> dict[str, float]:
+        response = self.http.get("/metrics")
+        assert response.status_code == 200
+        return samples(response.text)
 
     def canary_status(self, name: str) -> dict[str, Any]:
         for entry in self.http.get("/status").json()["canaries"]:
@@ -136,19 +156,71 @@ def test_sticky_keys_always_land_on_the_same_target(server: Server) -> None:
 
 
 def test_shadow_copies_never_fail_or_slow_the_primary(server: Server) -> None:
+    # the shadow's answers are recorded in metrics: a rule on the CPU-burning shadow's answer field
+    rule = {"endpoint": "iris/5", "variables": [{"name": "verdict", "kind": "enum", "values": ["burned"]}]}
+    server.api.http.post(f"{S}/metrics", json=rule).raise_for_status()
     server.version("1")
     server.version("3", code=FAILING)
     server.version("4", code=SLOW)
-    server.canary(endpoint="c", weights=[1], targets=["iris/1"], shadow=["iris/3", "iris/4"])
+    server.version("5", code=BURN)
+    broken = server.tmp / "broken.pkl"
+    broken.write_bytes(b"not a pickle")  # iris/6 fails to load: copies to it are dropped
+    server.api.endpoint(
+        endpoint="iris", version="6", engine="sklearn", model_id=server.api.model(broken, "b")
+    )
+    wait_for(lambda: (status_of(server.url, "iris/6") or {}).get("state") == "failed")
+    shadows = ["iris/3", "iris/4", "iris/5", "iris/6"]
+    server.canary(endpoint="c", weights=[1], targets=["iris/1"], shadow=shadows)
     wait_for(lambda: server.http.post("/serve/c", json=BODY).status_code == 200)
+
+    def settled() -> bool:  # every copy sent so far answered (each request drops one to iris/6)
+        counts = server.canary_status("c")["shadow"]
+        sent = counts["iris/6"]["dropped"]
+        return all(counts[t]["ok"] + counts[t]["failed"] == sent for t in shadows[:3])
+
+    wait_for(settled, timeout=30)
+    before = server.metrics()
     started = time.monotonic()
-    seen = server.answers("/serve/c", 20)
+    seen = server.answers("/serve/c", 20)  # every answer 200 from iris/1 (asserted inside)
     assert seen == Counter({"iris/1": 20})
-    assert time.monotonic() - started < 20 * 0.3 / 2  # the 0.3 s shadow is not waited for
-    status = wait_for(lambda: (s := server.canary_status("c"))["shadow"]["iris/4"]["ok"] >= 20 and s)
-    assert status["shadow"]["iris/3"]["failed"] >= 20 and status["shadow"]["iris/3"]["ok"] == 0
-    metrics = server.http.get("/metrics").text
-    assert 'endpoint="iris",' in metrics and 'version="4"' in metrics  # recorded in the metrics
+    assert time.monotonic() - started < 20 * 0.2 / 2  # neither the 0.3 s sleep nor the 0.2 s burn waited for
+
+    def delta(name: str, **labels: str) -> float:
+        return value(server.metrics(), name, canary="c", **labels) - value(before, name, canary="c", **labels)
+
+    wait_for(lambda: delta("modelyard_shadow_requests_total", target="iris/4") >= 20, timeout=30)
+    wait_for(lambda: delta("modelyard_shadow_requests_total", target="iris/5") >= 20, timeout=30)
+    m = server.metrics()
+    ep = {"service": "default", "canary": "c"}
+    answered = {
+        (target, code): value(m, "modelyard_shadow_requests_total", target=target, code=code, **ep)
+        - value(before, "modelyard_shadow_requests_total", target=target, code=code, **ep)
+        for target in shadows
+        for code in ("200", "422")
+    }
+    assert answered == {
+        ("iris/3", "200"): 0,
+        ("iris/3", "422"): 20,  # the failing shadow's answers: recorded, never returned
+        ("iris/4", "200"): 20,
+        ("iris/4", "422"): 0,
+        ("iris/5", "200"): 20,
+        ("iris/5", "422"): 0,
+        ("iris/6", "200"): 0,
+        ("iris/6", "422"): 0,
+    }
+    assert delta("modelyard_shadow_dropped_total", target="iris/6") == 20  # not serving: dropped
+    for target in ("iris/3", "iris/4", "iris/5"):
+        assert value(m, "modelyard_shadow_dropped_total", target=target) == 0
+    slow_count = value(m, "modelyard_shadow_duration_seconds_count", target="iris/4")
+    assert slow_count == value(m, "modelyard_shadow_duration_seconds_bucket", target="iris/4", le="+Inf")
+    assert value(m, "modelyard_shadow_duration_seconds_sum", target="iris/4") >= 0.3 * slow_count
+    assert value(m, "modelyard_shadow_duration_seconds_bucket", target="iris/4", le="0.25") == 0
+    # the burning shadow's answer field, counted by the metric rule on iris/5
+    verdicts = value(m, "modelyard_custom_verdict_total", endpoint="iris", version="5", value="burned")
+    assert verdicts == value(m, "modelyard_shadow_requests_total", target="iris/5", code="200")
+    status = server.canary_status("c")["shadow"]
+    assert status["iris/3"]["failed"] >= 20 and status["iris/3"]["ok"] == 0
+    assert status["iris/6"]["dropped"] >= 20
 
 
 def test_a_removed_target_gives_its_share_away_and_status_says_so(server: Server) -> None:

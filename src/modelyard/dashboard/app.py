@@ -2,7 +2,7 @@
 
 Static files (``static/``: plain HTML, JS and CSS, committed, no build step) and two JSON
 routes the page polls: ``/ui/api/overview`` (services, endpoints with engines and per-replica
-state, canary splits and auto-deploy rules when the control plane has them, metric rules,
+state, canary splits, auto-deploy rules with the versions they deployed, metric rules,
 models) and ``/ui/api/live`` (request rate, error rate and p50/p99 per endpoint version, from the
 statistics replicas push — no Prometheus needed). Both honour the read policy: with
 ``require_token_for_reads`` the page asks for a token and sends it as a bearer header.
@@ -10,43 +10,40 @@ statistics replicas push — no Prometheus needed). Both honour the read policy:
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from modelyard.control.auth import Auth
+from modelyard.control.autodeploy import AutoDeploy
 from modelyard.control.monitoring import Monitoring
 from modelyard.control.plane import ControlPlane
 from modelyard.errors import NotFound
 from modelyard.registry import ModelFilter
-
-log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 MODELS_SHOWN = 200
 
 
-def _optional(plane: ControlPlane, names: tuple[str, ...], service: str) -> list[Any] | None:
-    """What the first of ``names`` that the control plane offers returns (features of other issues)."""
-    for name in names:
-        fn = getattr(plane, name, None)
-        if callable(fn):
-            try:
-                return [x.model_dump(mode="json") if hasattr(x, "model_dump") else x for x in fn(service)]
-            except Exception as exc:
-                log.debug("dashboard: %s(%r) failed: %s", name, service, exc)
-                return None
-    return None
+def _auto_deploy_rules(autodeploy: AutoDeploy | None, service: str) -> list[dict[str, Any]]:
+    """The service's auto-deploy rules, or [] when the app runs without the traffic routes."""
+    if autodeploy is None:
+        return []
+    return [
+        rule.model_dump(mode="json", exclude={"options", "auxiliary", "created_at"})
+        for rule in autodeploy.list_rules(service)
+    ]
 
 
-def overview(plane: ControlPlane, monitoring: Monitoring, service: str) -> dict[str, Any]:
+def overview(
+    plane: ControlPlane, monitoring: Monitoring, service: str, autodeploy: AutoDeploy | None = None
+) -> dict[str, Any]:
     services = [s.model_dump(mode="json") for s in plane.list_services()]
     names = [s["name"] for s in services]
     if service not in names:
@@ -87,11 +84,8 @@ def overview(plane: ControlPlane, monitoring: Monitoring, service: str) -> dict[
             {"id": r.id, "revision": r.revision, "updated_at": r.updated_at} for r in status.replicas
         ],
         "endpoints": endpoints,
-        "canaries": [c.model_dump(mode="json") for c in config.canaries]
-        or _optional(plane, ("list_canaries", "list_routes"), service)
-        or [],
-        "auto_deploy": _optional(plane, ("list_auto_deploy", "list_auto_deploy_rules", "list_rules"), service)
-        or [],
+        "canaries": [c.model_dump(mode="json") for c in config.canaries],
+        "auto_deploy": _auto_deploy_rules(autodeploy, service),
         "metric_rules": [r.model_dump(mode="json") for r in config.metrics],
         "models": [
             m.model_dump(
@@ -119,8 +113,10 @@ def create_dashboard_router(plane: ControlPlane, monitoring: Monitoring, auth: A
         return FileResponse(STATIC / name, media_type=ASSETS[name], headers={"cache-control": "no-cache"})
 
     @router.get("/ui/api/overview", dependencies=read)
-    async def get_overview(service: str = Query(default="")) -> dict[str, Any]:
-        return await run_in_threadpool(overview, plane, monitoring, service)
+    async def get_overview(request: Request, service: str = Query(default="")) -> dict[str, Any]:
+        # the traffic routes put the rules' owner on app.state (built after this router)
+        autodeploy = getattr(request.app.state, "autodeploy", None)
+        return await run_in_threadpool(overview, plane, monitoring, service, autodeploy)
 
     @router.get("/ui/api/live", dependencies=read)
     async def get_live(service: str) -> dict[str, Any]:

@@ -11,7 +11,8 @@ in the current configuration, the first weight to the newest.
 Sticky routing maps a stable hash of the key (a header or a JSON body field) onto the
 cumulative weights, so the same key lands on the same target while the weights and the
 serving targets stay the same. Shadow targets get a copy of the request as a background
-task: its answer is counted (and handed to :attr:`Router.observer`) but never returned,
+task: its answer is counted (and handed to :attr:`Router.observer`, which the data plane
+points at the Prometheus metrics) but never returned,
 its errors are logged and swallowed, and at most ``max_shadows`` run at once (more are
 dropped and counted), so the primary request is neither slowed nor failed by it.
 """

@@ -89,11 +89,16 @@
     }
     const canaries = data.canaries || [];
     $("canaries-section").hidden = !canaries.length;
-    table($("canaries"), ["endpoint", "targets", "weights"], canaries.map((c) => [
-      esc(c.endpoint), esc((c.targets && c.targets.length ? c.targets : [c.prefix + "*"]).join(", ")), esc((c.weights || []).join(" / "))]), "");
+    table($("canaries"), ["endpoint", "targets", "weights", "sticky key", "shadow"], canaries.map((c) => [
+      esc(c.endpoint), esc((c.targets && c.targets.length ? c.targets : [c.prefix + "/* (newest first)"]).join(", ")),
+      esc((c.weights || []).join(" / ")), esc(c.sticky_key || ""), esc((c.shadow || []).join(", "))]), "");
     const auto = data.auto_deploy || [];
     $("auto-section").hidden = !auto.length;
-    table($("auto"), ["rule"], auto.map((r) => ["<code>" + esc(JSON.stringify(r)) + "</code>"]), "");
+    table($("auto"), ["endpoint", "engine", "model name", "project", "tags", "published only", "keeps", "deployed"],
+      auto.map((r) => [
+        esc(r.endpoint), esc(r.engine), "<code>" + esc(r.name) + "</code>", esc(r.project || "any"),
+        esc((r.tags || []).join(", ")), r.published ? "yes" : "", esc(r.max_versions),
+        esc((r.deployed || []).map((d) => d.key).join(", ") || "none yet")]), "");
     table($("rules"), ["endpoint", "log freq", "variables"], (data.metric_rules || []).map((r) => [
       esc(r.endpoint), esc(r.log_freq),
       esc(r.variables.map((v) => v.name + ":" + v.kind + (v.buckets.length ? "[" + v.buckets.join(",") + "]" : "") +
