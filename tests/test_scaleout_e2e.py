@@ -3,16 +3,17 @@
 * the control plane alone (``modelyard control-plane``) on a fresh PostgreSQL database, its
   artifacts in S3 (moto's server mode, started here);
 * two ``modelyard inference`` replicas and two ``modelyard queue-worker`` processes following it;
-* client load through both replicas (HTTP) and the queue (Redis stream) all along;
-* a new model version published mid-run and rolled out with ``modelyard endpoint update --name
-  lin --project scaleout --published`` (the endpoint follows the newest published model, same
-  key, so the old model serves until the new one is loaded). Not auto-deploy: its rules deploy
-  each model as a new key ``lin/<n>`` and drop the old one at once (``--max-versions 1``), and
-  ``/serve/lin`` then answers 503 "lin/<n> is still loading" until the new key has loaded on each
-  replica (tried; see the issue note). Every replica, HTTP and queue, serves the new model within
-  a second; no request fails, no queue input is lost;
-* the control plane is stopped (replicas keep serving) and started again: a change made after
-  the restart reaches every replica.
+* client load through both replicas (HTTP, ``/serve/lin``) and the queue (Redis stream, endpoint
+  ``lin``) all along;
+* an auto-deploy rule (``modelyard auto-deploy add --endpoint lin ... --published --max-versions
+  1``), and a new model rolled out mid-run by publishing it, nothing else (``modelyard model
+  publish ID``): the rule deploys it as ``lin/<n+1>`` and drops ``lin/<n>`` in the same change.
+  ``/serve/lin`` and the queue workers' ``lin`` name no version, so they follow the highest
+  version serving; the dropped one keeps answering them until its successor has loaded on that
+  replica (``serving/table.py``). Every replica, HTTP and queue, serves the new model within a
+  second of the publish call returning; no request fails, no queue input is lost;
+* the control plane is stopped (replicas keep serving) and started again: a model published
+  after the restart reaches every replica.
 
 Each model answers ``x0 + x1 + 1000 * (version - 1)``, so every answer says which version gave it
 and that it belongs to its own input.
@@ -185,25 +186,32 @@ class Stack:
     def client(self) -> Client:
         return Client(self.cp_url, token=self.token, timeout=30)
 
-    def publish(self, version: int) -> dict[str, Any]:
-        """Train, upload and publish model version ``version`` (answers x0 + x1 + 1000 * (v - 1))."""
+    def upload(self, version: int) -> dict[str, Any]:
+        """Train and upload (unpublished) model version ``version`` (answers x0 + x1 + 1000 * (v - 1))."""
         x = np.random.default_rng(version).normal(size=(50, 2)) * 10
         model = LinearRegression().fit(x, x.sum(axis=1) + 1000 * (version - 1))
         path = self.root / f"lin-{version}.pkl"
         joblib.dump(model, path)
         with self.client() as c:
-            return c.upload_model(path, name="lin", project="scaleout", framework="sklearn", publish=True)
+            return c.upload_model(path, name="lin", project="scaleout", framework="sklearn")
 
-    def roll_out(self) -> float:
-        """``modelyard endpoint update``: the endpoint takes the newest published model; when it returned."""
+    def cli(self, *args: str) -> tuple[str, float]:
+        """Run ``modelyard ARGS`` against the control plane; its output and when it returned."""
         env = {**self.env("cli"), "MODELYARD_URL": self.cp_url, "MODELYARD_TOKEN": self.token}
-        done = subprocess.run(
-            [MODELYARD, "endpoint", "update", "--endpoint", "lin", "--name", "lin", "--project", "scaleout",
-             "--published"],
-            env=env, capture_output=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr.decode()
-        return time.time()
+        done = subprocess.run([MODELYARD, *args], env=env, capture_output=True, timeout=60)
+        returned = time.time()
+        assert done.returncode == 0, (args, done.stderr.decode())
+        return done.stdout.decode(), returned
+
+    def publish(self, model: dict[str, Any]) -> float:
+        """``modelyard model publish ID``, the whole roll-out; when the call returned."""
+        out, returned = self.cli("model", "publish", model["id"])
+        assert f"(lin v{model['version']}) published" in out, out
+        return returned
+
+    def deployed(self) -> list[str]:
+        with self.client() as c:
+            return sorted(e["key"] for e in c.list_endpoints("default"))
 
     def close(self) -> None:
         for name in list(self.procs):
@@ -324,17 +332,15 @@ def test_two_replicas_two_queue_workers_postgres_s3_publish_and_control_plane_re
     started = time.monotonic()
     stack.start_s3()
     stack.start_control_plane()
-    stack.publish(1)
     code = stack.root / "pre.py"
     code.write_text(PREPROCESS)
-    with stack.client() as c:
-        c.add_endpoint(
-            "default",
-            "lin",
-            engine="sklearn",
-            model_query={"name": "lin", "project": "scaleout", "published": True},
-            preprocess=code,
-        )
+    out, _ = stack.cli(
+        "auto-deploy", "add", "--endpoint", "lin", "--engine", "sklearn", "--name", "lin",
+        "--project", "scaleout", "--published", "--max-versions", "1", "--preprocess", str(code),
+    )  # fmt: skip
+    assert "nothing yet" in out, out  # no published model so far
+    stack.publish(stack.upload(1))
+    assert stack.deployed() == ["lin/1"]
     stack.start_replicas()
     for url in stack.replica_urls:
         wait_until(lambda url=url: _serving(url), 60, f"{url} serving")  # type: ignore[misc]
@@ -348,9 +354,10 @@ def test_two_replicas_two_queue_workers_postgres_s3_publish_and_control_plane_re
     load.start()
     try:
         time.sleep(2.0)
-        # -- a new model version, published and rolled out mid-run -----------------------------------
-        stack.publish(2)
-        switched = stack.roll_out()
+        # -- a new model version, rolled out mid-run by publishing it -------------------------------
+        v2 = stack.upload(2)
+        switched = stack.publish(v2)
+        deployed_after_publish = stack.deployed()
         time.sleep(2.5)
         http_switch = load.first_seen(2, switched)
         # -- the control plane goes away: replicas keep serving ------------------------------------------
@@ -359,9 +366,8 @@ def test_two_replicas_two_queue_workers_postgres_s3_publish_and_control_plane_re
         time.sleep(2.5)
         served_while_down = {r for at, r, _ in load.answers if at > down_at + 0.5}
         stack.start_control_plane()
-        # -- and comes back: a change made now reaches every replica ------------------------------------
-        stack.publish(3)
-        resynced = stack.roll_out()
+        # -- and comes back: a model published now reaches every replica --------------------------------
+        resynced = stack.publish(stack.upload(3))
         wait_until(lambda: len(load.first_seen(3, resynced)) == 2, 15, "both replicas on version 3")
         time.sleep(1.5)
     finally:
@@ -385,6 +391,8 @@ def test_two_replicas_two_queue_workers_postgres_s3_publish_and_control_plane_re
         f"{time.monotonic() - started:.1f} s"
     )
     print("\n" + report)
+    assert deployed_after_publish == ["lin/2"], "the rule replaced lin/1 in the publish itself"
+    assert stack.deployed() == ["lin/3"]
     assert load.failures == [], (load.failures[:10], stack.logs())
     assert set(http_switch) == {0, 1} and max(http_switch.values()) < 1.0, report
     # after its switch a replica never answers with the old version again

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -17,7 +19,7 @@ from modelyard.client import Client
 from modelyard.deploy.apply import apply, delete, diff
 from modelyard.deploy.plan import Plan, plan_spec
 from modelyard.deploy.spec import parse_file
-from modelyard.errors import NotFound
+from modelyard.errors import NotFound, RevisionConflict
 from modelyard.settings import Settings
 from tests.servers import RunningControlPlane, run_control_plane
 
@@ -201,3 +203,174 @@ def test_cli_apply_diff_delete(
     assert f"error: {bad}:15: spec.predictors[1].trafficWeight: must be ≥ 0" in run(
         "apply", "-f", str(bad), code=1
     )
+
+
+# -- concurrent writers --------------------------------------------------------------------------
+
+WRITES = {"create_service", "add_endpoint", "add_canary", "remove_canary", "remove_endpoint"}
+
+
+class Interleaved:
+    """The SDK client, with another writer's change slipped in before some of apply's writes.
+
+    ``meddle(n)`` runs before apply's ``n``-th write (1-based), through another client: the
+    deterministic version of two people changing one service at once.
+    """
+
+    def __init__(self, client: Client, meddle: Callable[[int], None]) -> None:
+        self.client = client
+        self.meddle = meddle
+        self.calls = 0
+        self.conflicts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.client, name)
+        if name not in WRITES:
+            return attr
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            self.meddle(self.calls)
+            try:
+                return attr(*args, **kwargs)
+            except RevisionConflict:
+                self.conflicts += 1
+                raise
+
+        return write
+
+
+def test_a_change_between_plan_and_write_is_not_lost_apply_plans_again(
+    client: Client, control_plane: RunningControlPlane, models: list[dict], spec_file: Path
+) -> None:
+    apply(client, plans(spec_file))
+    spec_file.write_text(SPEC.replace("trafficWeight: 90", "trafficWeight: 70").replace("10\n", "30\n"))
+    other = Client(control_plane.url, settings=control_plane.settings, timeout=10)
+
+    def meddle(n: int) -> None:
+        if n == 1:  # after apply planned "iris/a unchanged, canary 90/10 -> 70/30"
+            other.merge_endpoint("prod", "iris", "a", options={"max_batch_size": 99})
+            other.add_endpoint("prod", "other", "1", engine="sklearn", model_id=models[0]["id"])
+
+    interleaved = Interleaved(client, meddle)
+    (changes,) = apply(interleaved, plans(spec_file))
+    other.close()
+    assert interleaved.conflicts == 1, "the first write was made against the planned revision"
+    assert changes.attempts == 2 and changes.writes == 2  # canary, then iris/a set back
+    assert "planned 2 times" in changes.render()
+    (after,) = diff(client, plans(spec_file))
+    assert not after.changed, after.render()  # without If-Match: iris/a kept max_batch_size 99
+    current = endpoints(client)
+    assert current["iris/a"]["options"] == {"max_batch_size": 32, "max_batch_delay_ms": 5}
+    assert "other/1" in current, "a change to what the spec does not own stays"
+    (canary,) = client.list_canaries("prod")
+    assert canary["canary"]["weights"] == [70, 30]
+
+
+def test_a_conflict_half_way_through_continues_from_what_was_written(
+    client: Client, control_plane: RunningControlPlane, models: list[dict], spec_file: Path
+) -> None:
+    apply(client, plans(spec_file))
+    spec_file.write_text(
+        SPEC.replace("maxBatchSize: 32", "maxBatchSize: 16").replace("trafficWeight: 90", "trafficWeight: 80")
+        .replace("trafficWeight: 10", "trafficWeight: 20")
+    )  # fmt: skip
+    other = Client(control_plane.url, settings=control_plane.settings, timeout=10)
+
+    def meddle(n: int) -> None:
+        if n == 2:  # iris/a is written; the canary is next
+            other.merge_endpoint("prod", "iris", "b", options={"max_batch_size": 7})
+
+    interleaved = Interleaved(client, meddle)
+    rev = revision(client)
+    (changes,) = apply(interleaved, plans(spec_file))
+    other.close()
+    assert interleaved.conflicts == 1 and changes.attempts == 2
+    assert [(c.action, c.key) for c in changes.endpoints] == [("unchanged", "iris/a"), ("update", "iris/b")]
+    assert changes.writes == 3  # iris/a; then iris/b set back and the canary
+    assert revision(client) == rev + 4  # three of apply's writes and the other one
+    (after,) = diff(client, plans(spec_file))
+    assert not after.changed, after.render()
+    assert endpoints(client)["iris/b"]["options"] == {}
+
+
+def test_apply_gives_up_with_a_clear_message_when_the_service_never_settles(
+    client: Client, control_plane: RunningControlPlane, models: list[dict], spec_file: Path
+) -> None:
+    apply(client, plans(spec_file))
+    spec_file.write_text(SPEC.replace("maxBatchSize: 32", "maxBatchSize: 16"))
+    other = Client(control_plane.url, settings=control_plane.settings, timeout=10)
+    n = iter(range(1000))
+
+    def meddle(_: int) -> None:
+        other.merge_endpoint("prod", "iris", "b", auxiliary={"round": next(n)})
+
+    with pytest.raises(RevisionConflict) as info:
+        apply(Interleaved(client, meddle), plans(spec_file), attempts=3)
+    other.close()
+    message = info.value.message
+    assert "apply of 'iris'" in message and "service 'prod' kept changing under it (3 plans" in message
+    assert "run it again" in message
+    (changes,) = apply(client, plans(spec_file))  # once it settles, apply finishes the job
+    assert changes.attempts == 1
+    assert not diff(client, plans(spec_file))[0].changed
+
+
+OTHER_SPEC = """\
+apiVersion: modelyard.io/v1
+kind: Inference
+metadata: {name: iris, service: prod}
+spec:
+  framework: sklearn
+  predictors:
+    - name: a
+      model: {name: iris, project: demo, version: 2}
+      trafficWeight: 50
+      batching: {maxBatchSize: 8, maxDelayMs: 1}
+    - name: c
+      model: {name: iris, project: demo, version: 1}
+      trafficWeight: 50
+"""
+
+
+def apply_together(runs: dict[str, tuple[Client, Path]]) -> dict[str, int]:
+    """Start one apply per entry at the same moment (threads); their attempts, by name."""
+    barrier = threading.Barrier(len(runs))
+    errors: list[BaseException] = []
+    attempts: dict[str, int] = {}
+
+    def run(name: str) -> None:
+        c, file = runs[name]
+        try:
+            barrier.wait(10)
+            (changes,) = apply(c, plans(file))
+            attempts[name] = changes.attempts
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return attempts
+
+
+def test_two_concurrent_applies_of_different_specs_leave_one_of_them_whole(
+    control_plane: RunningControlPlane, models: list[dict], spec_file: Path
+) -> None:
+    """Never a mix: after both return, the service is exactly one spec (diff of it is empty)."""
+    other_file = spec_file.parent / "other.yaml"
+    other_file.write_text(OTHER_SPEC)
+    files = {"x": spec_file, "y": other_file}
+    clients = {k: Client(control_plane.url, settings=control_plane.settings, timeout=10) for k in files}
+    try:
+        for _ in range(6):
+            apply_together({k: (clients[k], f) for k, f in files.items()})
+            state = {k: diff(clients["x"], plans(f))[0].changed for k, f in files.items()}
+            matching = [k for k, changed in state.items() if not changed]
+            assert len(matching) == 1, (state, endpoints(clients["x"]), clients["x"].list_canaries("prod"))
+    finally:
+        for c in clients.values():
+            c.close()

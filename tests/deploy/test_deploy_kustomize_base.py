@@ -75,6 +75,11 @@ def test_compose_stack_wiring() -> None:
         if source.startswith("."):  # bind mounts: the files the monitoring work writes
             assert source.startswith(("./prometheus/", "./grafana/")), mount
     cp = services["control-plane"]["environment"]
+    # replicas and queue workers present the reader token the control plane registers
+    token = cp["MODELYARD_REPLICA_TOKEN"]
+    assert token
+    for name in ("inference", "queue-worker"):
+        assert services[name]["environment"]["MODELYARD_TOKEN"] == token, name
     assert cp["MODELYARD_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert cp["MODELYARD_ARTIFACTS_URL"].startswith("s3://")
 
@@ -84,5 +89,6 @@ def test_dockerfiles() -> None:
     gpu = (REPO / "Dockerfile.gpu").read_text()
     assert "FROM python:3.11-slim" in cpu and 'pip install ".[all]"' in cpu
     assert "nvidia/cuda" in gpu and "torch" in gpu
+    assert '".[all,torch,gpu]"' in gpu and "onnxruntime-gpu" in gpu, "CUDA builds and NVML in the GPU image"
     for text in (cpu, gpu):
         assert "USER 1000" in text and "EXPOSE 8080" in text and 'ENTRYPOINT ["modelyard"]' in text

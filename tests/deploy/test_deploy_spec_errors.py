@@ -124,3 +124,20 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(BadRequest, match="cannot read spec file"):
         parse_file(tmp_path / "nope.yaml")
+
+
+def test_queue_scaling_fields_are_checked() -> None:
+    text = GOOD.replace(
+        "  framework: sklearn\n",
+        "  framework: sklearn\n  queue: {lagCount: 0, minReplicas: 3, maxReplicas: 2}\n",
+    )
+    problems = errors_of(text)
+    assert "inference.yaml:6: spec.queue.lagCount: must be ≥ 1" in problems, problems
+    renamed = GOOD.replace("  framework: sklearn\n", "  framework: sklearn\n  queue: {pendingEntries: 4}\n")
+    (problem,) = errors_of(renamed)
+    assert problem.startswith("inference.yaml:6: spec.queue.pendingEntries:"), problem
+    bounds = GOOD.replace(
+        "  framework: sklearn\n", "  framework: sklearn\n  queue: {minReplicas: 3, maxReplicas: 2}\n"
+    )
+    (problem,) = errors_of(bounds)
+    assert problem == "inference.yaml:6: spec.queue: maxReplicas (2) must be ≥ minReplicas (3)", problem

@@ -40,14 +40,18 @@ def apply_cmd(
     file: Path = typer.Option(..., "-f", "--filename", help=FILE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the change sets as JSON."),
 ) -> None:
-    """Make the control plane match the spec; applying the same file again changes nothing."""
+    """Make the control plane match the spec; applying the same file again changes nothing.
+
+    Every write carries the service revision it was planned against (``If-Match``); when
+    another writer gets in between, apply plans again from what is there and goes on.
+    """
     from modelyard.deploy.apply import apply
 
     plans = _plans(file)
     with common.client() as c:
         results = apply(c, plans)
     _print(results, as_json)
-    if not as_json and not any(r.changed for r in results):
+    if not as_json and not any(r.writes for r in results):
         typer.echo("no changes")
 
 
@@ -95,11 +99,21 @@ def k8s_render(
         "--admin-token",
         help="Put this admin token in the Secret (default: an empty Secret to fill in).",
     ),
+    replica_token: str | None = typer.Option(
+        None,
+        "--replica-token",
+        help="The replicas' reader token for its Secret (default: an empty Secret to fill in).",
+    ),
     no_platform: bool = typer.Option(
         False, "--no-platform", help="Only the spec's objects, not the control plane and ServiceMonitor."
     ),
 ) -> None:
-    """Print the manifests (multi-document YAML) for the spec, ready for ``kubectl apply -f -``."""
+    """Print the manifests (multi-document YAML) for the spec, ready for ``kubectl apply -f -``.
+
+    One Deployment, Service, PDB (and HPA) per predictor, each loading only its own endpoint
+    version; a Gateway API HTTPRoute (spec.gateway names the Gateway) splits the traffic by
+    trafficWeight. Tokens given here end up in the YAML: prefer filling the Secrets in place.
+    """
     from modelyard.deploy.k8s import DEFAULT_IMAGE, dump, render
     from modelyard.deploy.spec import parse_file
 
@@ -109,6 +123,7 @@ def k8s_render(
         image=image or DEFAULT_IMAGE,
         admin_token=admin_token,
         platform=not no_platform,
+        replica_token=replica_token,
     )
     typer.echo(dump(docs), nl=False)
 

@@ -146,18 +146,34 @@ def inference(
     workers: str | None = _workers_option(),
     min_workers: int | None = _min_workers_option(),
     max_workers: int | None = _max_workers_option(),
+    token: str | None = typer.Option(
+        None, "--token", help="Token presented to the control plane (a reader token is enough)."
+    ),
+    endpoints: str | None = typer.Option(
+        None,
+        "--endpoints",
+        help="Load only these endpoint versions: comma-separated keys or patterns (iris/a,iris/*).",
+    ),
 ) -> None:
     """Run an inference server (data plane) for one service, synced from a control plane.
 
     --workers auto: the number of worker processes follows load (in-flight requests per
     worker, MODELYARD_AUTOSCALE_TARGET_INFLIGHT) between --min-workers and --max-workers.
+    --token here or before the command (modelyard --token T inference) works the same.
     """
+    from pydantic import ValidationError
+
     from modelyard.server import run_inference
 
-    settings = _server_settings(
-        service=service, control_plane_url=control_plane, host=host, port=port,
-        min_workers=min_workers, max_workers=max_workers, **_workers(workers),
-    )  # fmt: skip
+    try:
+        settings = _server_settings(
+            service=service, control_plane_url=control_plane, host=host, port=port, token=token,
+            endpoints=endpoints, min_workers=min_workers, max_workers=max_workers, **_workers(workers),
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise common.fail(
+            "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        ) from None
     run_inference(settings)
 
 

@@ -4,6 +4,12 @@ A leaked database then leaks no usable credential. The admin token of a fresh
 installation is written to ``<home>/token`` (mode 0600) so the CLI on the same
 machine works with no setup; the file is created with ``O_EXCL`` so that
 several workers starting together agree on one token.
+
+A deployment whose replicas cannot read that file (Kubernetes) gives the control plane a
+second secret instead, ``Settings.replica_token``: registered at start as the ``reader``
+token ``replicas``, which replicas and queue workers present as their ``MODELYARD_TOKEN``.
+Reader is enough for what they call (status reports, statistics, artifact downloads), and
+a leaked replica secret cannot change anything.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from modelyard.errors import BadRequest, Conflict, NotFound
 from modelyard.store import Database, TokenRow, utcnow
 
 ADMIN_TOKEN_NAME = "admin"
+REPLICA_TOKEN_NAME = "replicas"
 
 
 def hash_token(token: str) -> str:
@@ -78,25 +85,45 @@ class TokenStore:
 
     def register_admin(self, token: str) -> None:
         """Make sure ``token`` is an admin token (idempotent; picks a free name)."""
+        self.register(token, "admin", ADMIN_TOKEN_NAME)
+
+    def register(self, token: str, role: Role, name: str, *, replace: bool = False) -> Role:
+        """Make sure ``token`` is a known token of at least ``role``; returns the role it has.
+
+        Idempotent, and safe when several processes start at once. A secret already
+        registered keeps its row: raised to ``admin`` when that is asked for, never lowered
+        (lowering would lock out whoever uses it as an admin token). A new secret gets the row
+        ``name``: with ``replace`` an existing row of that name takes the new secret and role
+        (the old secret stops working: a setting that names *the* token, such as
+        ``replica_token``, was changed); without it the first free ``name-2``, ``name-3``...
+        """
+        if role not in ("admin", "reader"):
+            raise BadRequest(f"token role {role!r} is not 'admin' or 'reader'")
+        if not token:
+            raise BadRequest("an empty token cannot be registered")
         digest = hash_token(token)
         for attempt in range(20):
             try:
                 with self.db.write() as session:
                     row = session.scalar(select(TokenRow).where(TokenRow.sha256 == digest))
                     if row is not None:
-                        row.role = "admin"
-                        return
+                        if role == "admin":
+                            row.role = "admin"
+                        return cast(Role, row.role)
+                    named = session.scalar(select(TokenRow).where(TokenRow.name == name))
+                    if named is not None and replace:
+                        named.sha256, named.role, named.created_at = digest, role, utcnow()
+                        return role
                     taken = set(session.scalars(select(TokenRow.name)))
-                    name = ADMIN_TOKEN_NAME
-                    n = 1
-                    while name in taken:
+                    free, n = name, 1
+                    while free in taken:
                         n += 1
-                        name = f"{ADMIN_TOKEN_NAME}-{n}"
-                    session.add(TokenRow(name=name, sha256=digest, role="admin", created_at=utcnow()))
-                    return
+                        free = f"{name}-{n}"
+                    session.add(TokenRow(name=free, sha256=digest, role=role, created_at=utcnow()))
+                    return role
             except IntegrityError:
                 time.sleep(0.01 * (attempt + 1))  # another process registered at the same time
-        raise Conflict("could not register the admin token")
+        raise Conflict(f"could not register the {role} token {name!r}")
 
     def ensure_admin_token(self, token_file: Path) -> str:
         """The admin token in ``token_file``, created (mode 0600) on first start; always registered."""

@@ -11,18 +11,34 @@ and no prefix, sticky key or shadow, which a spec does not set) is compared with
 and written only when it differs. The canary is written after the endpoint versions it
 points at and removed before the versions it stops pointing at, so every intermediate
 state is one the control plane accepts.
+
+Concurrent writers: a plan is made against the service revision its endpoints were read at
+(read before the canaries, so what was read can be newer than that revision, never older),
+and every write carries the revision it expects (``If-Match``): the planned one for the
+first write, one more for each write after it, since every service-scoped write moves the
+revision on by exactly one. If anyone else changed the service in between (another
+``apply``, an ``endpoint update``, a publish that auto-deploys), the control plane answers
+409 ``revision_conflict`` and nothing of that write happens; ``apply`` then plans again from
+what is there now and goes on (writes that already went through simply show as done), up
+to :data:`APPLY_ATTEMPTS` times. So an ``apply`` that returns has made the service match its
+spec at the revision of its last write, never a mix of its plan and someone else's change.
 """
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modelyard.config import split_endpoint_key
 from modelyard.deploy.plan import CanaryPlan, DesiredEndpoint, Plan
-from modelyard.errors import NotFound
+from modelyard.errors import Conflict, NotFound, RevisionConflict
+
+APPLY_ATTEMPTS = 6
+"""Plans (and partial executions) of one spec document before ``apply`` gives up."""
 
 Action = Literal["create", "update", "delete", "unchanged"]
 _SIGN = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
@@ -54,6 +70,12 @@ class ChangeSet:
     create_service: bool = False
     endpoints: list[EndpointChange] = field(default_factory=list)
     canary: CanaryChange | None = None
+    revision: int | None = None
+    """The service revision the plan was made against (``None``: no such service yet)."""
+    attempts: int = 1
+    """Plans it took: more than one when another writer changed the service meanwhile."""
+    writes: int = 0
+    """Writes made, over all attempts (``apply`` may write even if its last plan is empty)."""
 
     @property
     def changed(self) -> bool:
@@ -86,6 +108,11 @@ class ChangeSet:
             lines.append(text)
             if canary.note:
                 lines.append(f"      {canary.note}")
+        if self.attempts > 1:
+            lines.append(
+                f"  (planned {self.attempts} times: the service changed while this was applied; "
+                "the last plan is shown)"
+            )
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -94,6 +121,9 @@ class ChangeSet:
             "endpoint": self.endpoint,
             "create_service": self.create_service,
             "changed": self.changed,
+            "revision": self.revision,
+            "attempts": self.attempts,
+            "writes": self.writes,
             "endpoints": [{"action": c.action, "key": c.key, "details": c.details} for c in self.endpoints],
             "canary": None
             if self.canary is None
@@ -194,14 +224,6 @@ def compare(current: dict[str, Any] | None, desired: DesiredEndpoint, model_id: 
     return details
 
 
-def _service_exists(client: Any, service: str) -> bool:
-    try:
-        client.get_service(service)
-    except NotFound:
-        return False
-    return True
-
-
 def _current_canary(client: Any, service: str, endpoint: str) -> dict[str, Any] | None:
     """The stored canary configuration named ``endpoint`` (``None`` when there is none)."""
     for info in client.list_canaries(service):
@@ -236,14 +258,20 @@ def _plan_canary(client: Any, plan: Plan, exists: bool, deleting: bool) -> Canar
 
 
 def plan_changes(client: Any, plan: Plan, *, deleting: bool = False) -> ChangeSet:
-    """Compare the plan with the control plane; reads only."""
-    exists = _service_exists(client, plan.service)
-    changes = ChangeSet(plan.service, plan.endpoint, create_service=not exists and not deleting)
-    current = {}
-    if exists:
-        for ep in client.list_endpoints(plan.service):
-            if ep.get("endpoint") == plan.endpoint:
-                current[ep["key"]] = ep
+    """Compare the plan with the control plane; reads only.
+
+    The endpoints are read first, with the revision they were read at (``changes.revision``);
+    everything read after them (canaries, models) is at least that new.
+    """
+    try:
+        listed, revision = client.list_endpoints_at(plan.service)
+    except NotFound:
+        listed, revision = None, None
+    exists = listed is not None
+    changes = ChangeSet(
+        plan.service, plan.endpoint, create_service=not exists and not deleting, revision=revision
+    )
+    current = {ep["key"]: ep for ep in listed or () if ep.get("endpoint") == plan.endpoint}
     wanted = {d.key for d in plan.endpoints}
     if not deleting:
         for desired in plan.endpoints:
@@ -262,15 +290,45 @@ def plan_changes(client: Any, plan: Plan, *, deleting: bool = False) -> ChangeSe
 # -- writing ----------------------------------------------------------------------------------
 
 
+class _Writer:
+    """Makes one change set's writes, each only over the revision the one before left."""
+
+    def __init__(self, client: Any, changes: ChangeSet) -> None:
+        self.client = client
+        self.changes = changes
+        self.expected = changes.revision
+
+    def write(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = call(*args, **kwargs, if_revision=self.expected)
+        self.changes.writes += 1
+        if self.expected is not None:
+            self.expected += 1  # every service-scoped write moves the revision on by one
+        return answer
+
+    def create_service(self) -> None:
+        try:
+            created = self.client.create_service(self.changes.service)
+        except Conflict as exc:  # created by someone else since the plan: plan again
+            raise RevisionConflict(f"service {self.changes.service!r} appeared meanwhile: {exc}") from exc
+        self.changes.writes += 1
+        self.expected = int(created["revision"])
+
+
 def execute(client: Any, changes: ChangeSet) -> None:
-    """Perform a change set: service, endpoints, then the canary (whose targets must exist), then removals."""
+    """Perform a change set: service, endpoints, then the canary (whose targets must exist), then removals.
+
+    Each write expects the revision the plan (and this change set's own writes before it)
+    left: :class:`~modelyard.errors.RevisionConflict` as soon as anyone else wrote in between.
+    """
+    writer = _Writer(client, changes)
     if changes.create_service:
-        client.create_service(changes.service)
+        writer.create_service()
     for change in changes.endpoints:
         if change.action not in ("create", "update") or change.desired is None:
             continue
         d = change.desired
-        client.add_endpoint(
+        writer.write(
+            client.add_endpoint,
             changes.service,
             d.endpoint,
             d.version,
@@ -284,37 +342,62 @@ def execute(client: Any, changes: ChangeSet) -> None:
         )
     canary = changes.canary
     if canary is not None and canary.action in ("create", "update") and canary.plan is not None:
-        client.add_canary(
-            changes.service, canary.plan.endpoint, weights=canary.plan.weights, targets=canary.plan.targets
+        writer.write(
+            client.add_canary,
+            changes.service,
+            canary.plan.endpoint,
+            weights=canary.plan.weights,
+            targets=canary.plan.targets,
         )
     if canary is not None and canary.action == "delete":
-        client.remove_canary(changes.service, canary.endpoint)
+        writer.write(client.remove_canary, changes.service, canary.endpoint)
     for change in changes.endpoints:
         if change.action == "delete":
             endpoint, version = split_endpoint_key(change.key)
-            client.remove_endpoint(changes.service, endpoint, version)
+            writer.write(client.remove_endpoint, changes.service, endpoint, version)
+
+
+def converge(client: Any, plan: Plan, *, deleting: bool = False, attempts: int = APPLY_ATTEMPTS) -> ChangeSet:
+    """Plan and execute until one execution runs through without another writer in between.
+
+    Each attempt plans from the current state, so the writes of an interrupted attempt count
+    as done and another writer's change to what the spec owns is set back to the spec. Gives
+    up with a RevisionConflict that says so after ``attempts`` plans.
+    """
+    writes = 0
+    for attempt in range(1, attempts + 1):
+        changes = plan_changes(client, plan, deleting=deleting)
+        changes.attempts, changes.writes = attempt, writes
+        if not changes.changed:
+            return changes
+        try:
+            execute(client, changes)
+        except RevisionConflict as exc:
+            writes = changes.writes
+            if attempt == attempts:
+                verb = "delete" if deleting else "apply"
+                raise RevisionConflict(
+                    f"{verb} of {plan.endpoint!r} ({plan.source}): service {plan.service!r} kept changing "
+                    f"under it ({attempts} plans, each interrupted by another writer; last: "
+                    f"{exc.message}); run it again once the other writers are done — it continues "
+                    "from whatever is there",
+                    current=exc.current,
+                ) from exc
+            time.sleep(random.uniform(0, 0.05 * attempt))
+            continue
+        return changes
+    raise AssertionError("unreachable")
 
 
 def diff(client: Any, plans: Sequence[Plan]) -> list[ChangeSet]:
     return [plan_changes(client, plan) for plan in plans]
 
 
-def apply(client: Any, plans: Sequence[Plan]) -> list[ChangeSet]:
+def apply(client: Any, plans: Sequence[Plan], *, attempts: int = APPLY_ATTEMPTS) -> list[ChangeSet]:
     """Make the control plane match the plans; a second call with the same plans writes nothing."""
-    results = []
-    for plan in plans:
-        changes = plan_changes(client, plan)
-        if changes.changed:
-            execute(client, changes)
-        results.append(changes)
-    return results
+    return [converge(client, plan, attempts=attempts) for plan in plans]
 
 
-def delete(client: Any, plans: Sequence[Plan]) -> list[ChangeSet]:
+def delete(client: Any, plans: Sequence[Plan], *, attempts: int = APPLY_ATTEMPTS) -> list[ChangeSet]:
     """Remove every version of each plan's endpoint (and its canary); the service itself stays."""
-    results = []
-    for plan in plans:
-        changes = plan_changes(client, plan, deleting=True)
-        execute(client, changes)
-        results.append(changes)
-    return results
+    return [converge(client, plan, deleting=True, attempts=attempts) for plan in plans]

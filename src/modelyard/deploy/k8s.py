@@ -3,20 +3,44 @@
 What is rendered, and why it is shaped so:
 
 * control plane — ``modelyard control-plane`` (Deployment, Service: the API and dashboard
-  alone, no replica of its own); its database and artifact store
-  come from the ``modelyard-postgres`` / ``modelyard-s3`` Secrets, its admin token from the
+  alone, no replica of its own); its database and artifact store come from the
+  ``modelyard-postgres`` / ``modelyard-s3`` Secrets, its admin token from the
   ``modelyard-admin-token`` Secret mounted as ``<home>/token`` (the file the control plane
-  registers as admin on start). Without ``--admin-token`` that Secret is rendered empty so
-  pods fail closed until someone fills it; a default token would be a hole.
-* one inference Deployment per predictor (``modelyard inference``), so each predictor has its
-  own resources (GPU or not), replica count, HorizontalPodAutoscaler (CPU + the Pods metric
-  ``modelyard_inflight_requests`` through the Prometheus adapter) and PodDisruptionBudget.
-  Every replica serves the whole modelyard service and splits traffic with the canary
-  itself, so the weights hold whatever the pod counts are; one Kubernetes Service per
-  modelyard service selects all its predictors' pods.
-* queue workers (``modelyard queue-worker``) with a KEDA ``ScaledObject`` on the Redis
-  stream's pending entries (scale to zero when idle).
-* a ServiceMonitor scraping ``/metrics`` of every Service labelled ``modelyard.io/metrics``.
+  registers as admin on start), and ``MODELYARD_REPLICA_TOKEN`` from the
+  ``modelyard-replica-token`` Secret, which it registers as the ``reader`` token
+  ``replicas``. Replicas and queue workers present that same Secret as ``MODELYARD_TOKEN``:
+  the control plane demands a valid token for status reports, statistics and artifact
+  downloads, and a reader token is all they need (a leaked one changes nothing). Without
+  ``--admin-token`` / ``--replica-token`` the Secrets are rendered empty, and the references
+  to them are not optional, so pods wait until someone fills them; a default token would be
+  a hole.
+* per predictor: a Deployment (``modelyard inference`` with ``MODELYARD_ENDPOINTS`` set to
+  its own endpoint version, so it loads that model only), a Service over its pods, a
+  PodDisruptionBudget and, from ``autoScale``, a HorizontalPodAutoscaler (CPU + the Pods
+  metric ``modelyard_inflight_requests`` through the Prometheus adapter). One predictor per
+  Deployment is what makes per-predictor resources mean something: a GPU predictor's model
+  never loads on CPU pods, and each autoscaler sees its own predictor's load.
+* one Gateway API ``HTTPRoute`` per spec (:mod:`modelyard.deploy.k8s_routing`): the traffic
+  split moves from the replicas to the Gateway named by ``spec.gateway`` — ``/serve/<name>``
+  weighted over the predictors' Services by ``trafficWeight``, ``/serve/<name>/<version>``
+  (and the OIP ``/v2/models/<name>/versions/<version>``) to that predictor alone. No Service
+  over the whole modelyard service is rendered: with one version per pod it would send a
+  request for ``iris/b`` to pods that only have ``iris/a``.
+* queue workers (``modelyard queue-worker --group G``) with a KEDA ``ScaledObject`` on that
+  same consumer group: its lag (``lagCount``: entries no worker has taken yet, Redis ≥ 7)
+  wakes workers from zero and scales on the backlog; its pending entries (taken, not yet
+  acknowledged; one worker per ``--batch-size``) keep busy workers up once the lag is 0 and
+  wake one for entries a stopped worker left (and cover the moments the lag reads 0 while
+  workers delete acknowledged entries out of order: Redis cannot tell the lag then). Pending
+  entries alone cannot scale from zero: they exist only once a worker has read them. Idle
+  workers go back to zero after ``cooldownPeriod``. Workers serve the canary endpoint, so
+  they load every predictor's model (no ``MODELYARD_ENDPOINTS``).
+* a ServiceMonitor scraping ``/metrics`` of every Service labelled ``modelyard.io/metrics``
+  (each pod sits behind exactly one such Service, so it is scraped once).
+
+The kustomize base (:func:`kustomize_base`) is the platform with one generic replica
+Deployment serving the whole ``default`` service behind one Service; per-model objects come
+from ``k8s render --no-platform``.
 
 Output is deterministic (sorted keys, fixed order) so a rendered file can be diffed and
 committed. Configuration reaches containers only through ``MODELYARD_*`` variables that are
@@ -39,41 +63,56 @@ from modelyard.deploy.k8s_objects import (
     METRICS_PATH,
     PORT,
     READY_PATH,
-    REDIS_SECRET,
     REPLICA_SECRET,
     Doc,
     dns_name,
     dump,
     label_value,
 )
+from modelyard.deploy.k8s_queue import queue_worker
+from modelyard.deploy.k8s_routing import http_route, predictor_service
 from modelyard.deploy.plan import canary_for
-from modelyard.deploy.spec import AutoScale, InferenceSpec
+from modelyard.deploy.spec import AutoScale, InferenceSpec, Queue
+from modelyard.errors import BadRequest
 
 __all__ = ["DEFAULT_IMAGE", "dump", "render"]
 
 # -- the platform ---------------------------------------------------------------------------
 
 
-def control_plane(namespace: str | None, image: str, admin_token: str | None = None) -> list[Doc]:
-    """Admin-token Secret, control plane Deployment and Service."""
-    labels = {"app.kubernetes.io/name": "modelyard", "app.kubernetes.io/component": "control-plane"}
+def token_secret(name: str, namespace: str | None, labels: dict[str, str], token: str | None) -> Doc:
+    """A Secret with one ``token`` key: the given one, or empty with a note on how to fill it.
+
+    Empty rather than generated: a token in rendered YAML ends up in git, and the pods that
+    need it (non-optional references) wait until someone fills it, so nothing runs unguarded.
+    """
     secret: Doc = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": ko.meta(ADMIN_SECRET, namespace, labels),
+        "metadata": ko.meta(name, namespace, labels),
         "type": "Opaque",
     }
-    if admin_token:
-        secret["stringData"] = {"token": admin_token}
+    if token:
+        secret["stringData"] = {"token": token}
     else:
         secret["metadata"]["annotations"] = {
-            "modelyard.io/fill-me": "kubectl create secret generic modelyard-admin-token "
+            "modelyard.io/fill-me": f"kubectl create secret generic {name} "
             "--from-literal=token=$(openssl rand -hex 32) --dry-run=client -o yaml | kubectl apply -f -"
         }
+    return secret
+
+
+def control_plane(
+    namespace: str | None, image: str, admin_token: str | None = None, replica_token: str | None = None
+) -> list[Doc]:
+    """Admin- and replica-token Secrets, control plane Deployment and Service."""
+    labels = {"app.kubernetes.io/name": "modelyard", "app.kubernetes.io/component": "control-plane"}
     env = [
         {"name": "MODELYARD_HOME", "value": HOME},
         {"name": "MODELYARD_HOST", "value": "0.0.0.0"},
         {"name": "MODELYARD_PORT", "value": str(PORT)},
+        # registered as the reader token "replicas" at start: what replicas present
+        ko.secret_env("MODELYARD_REPLICA_TOKEN", REPLICA_SECRET, "token"),
         *ko.storage_env(),
     ]
     resources = ko.resources("500m", "512Mi", 0)
@@ -86,7 +125,8 @@ def control_plane(namespace: str | None, image: str, admin_token: str | None = N
     container["livenessProbe"] = ko.probe("/api/health", 10, 6)
     pod = {"containers": [container], "volumes": volumes, "securityContext": {"fsGroup": 1000}}
     return [
-        secret,
+        token_secret(ADMIN_SECRET, namespace, labels, admin_token),
+        token_secret(REPLICA_SECRET, namespace, labels, replica_token),
         ko.deployment(CONTROL_PLANE, namespace, labels, pod, 1),
         ko.service(CONTROL_PLANE, namespace, labels, labels),
     ]
@@ -113,7 +153,8 @@ def _replica_env(service: str) -> list[Doc]:
         {"name": "MODELYARD_SERVICE", "value": service},
         {"name": "MODELYARD_CONTROL_PLANE_URL", "value": f"http://{CONTROL_PLANE}:{PORT}"},
         {"name": "MODELYARD_URL", "value": f"http://{CONTROL_PLANE}:{PORT}"},
-        ko.secret_env("MODELYARD_TOKEN", REPLICA_SECRET, "token", optional=True),
+        # the control plane's MODELYARD_REPLICA_TOKEN: reports, stats and artifacts need it
+        ko.secret_env("MODELYARD_TOKEN", REPLICA_SECRET, "token"),
     ]
 
 
@@ -126,7 +167,8 @@ def service_labels(service: str) -> dict[str, str]:
 
 
 def inference_service(service: str, namespace: str | None) -> Doc:
-    """One Kubernetes Service per modelyard service, over all its predictors' pods."""
+    """One Kubernetes Service over all pods of a modelyard service (the kustomize base's
+    replicas, which serve the whole service; ``k8s render`` gives each predictor its own)."""
     labels = service_labels(service)
     return ko.service(dns_name("modelyard", service), namespace, labels, labels)
 
@@ -140,12 +182,16 @@ def inference_deployment(
     resources: Doc,
     replicas: int | None,
     gpu: int,
+    endpoints: list[str] | None = None,
 ) -> Doc:
+    """``modelyard inference``; with ``endpoints`` it loads only those endpoint versions."""
     env = [
         *_replica_env(service),
         {"name": "MODELYARD_HOST", "value": "0.0.0.0"},
         {"name": "MODELYARD_PORT", "value": str(PORT)},
     ]
+    if endpoints:
+        env.append({"name": "MODELYARD_ENDPOINTS", "value": ",".join(endpoints)})
     container = ko.http_container("inference", image, ["inference"], env, resources)
     volumes, mounts = ko.home_volume()
     container["volumeMounts"] = mounts
@@ -205,84 +251,19 @@ def hpa(name: str, namespace: str | None, labels: dict[str, str], scale: AutoSca
     }
 
 
-def queue_worker(
-    service: str,
-    endpoint_key: str,
-    name: str,
-    namespace: str | None,
-    image: str,
-    stream: str,
-    group: str,
-    pending: int,
-    min_replicas: int,
-    max_replicas: int,
-) -> list[Doc]:
-    """Queue-worker Deployment and its KEDA ScaledObject (Redis stream pending entries)."""
-    labels = {
-        "app.kubernetes.io/name": "modelyard",
-        "app.kubernetes.io/component": "queue-worker",
-        "modelyard.io/service": label_value(service),
-        "modelyard.io/worker": label_value(name),
-    }
-    env = [
-        *_replica_env(service),
-        ko.secret_env("MODELYARD_REDIS_URL", REDIS_SECRET, "url"),
-        # KEDA reads the scaler's connection from the target container's environment.
-        ko.secret_env("REDIS_ADDRESS", REDIS_SECRET, "address"),
-        ko.secret_env("REDIS_PASSWORD", REDIS_SECRET, "password", optional=True),
-    ]
-    args = ["queue-worker", "--service", service, "--endpoint", endpoint_key, "--stream", stream]
-    container = ko.container("queue-worker", image, args, env, ko.resources(None, None, 0))
-    volumes, mounts = ko.home_volume()
-    container["volumeMounts"] = mounts
-    pod = {
-        "containers": [container],
-        "volumes": volumes,
-        "securityContext": {"fsGroup": 1000},
-        "terminationGracePeriodSeconds": 60,
-    }
-    deployment = ko.deployment(name, namespace, labels, pod, None)
-    scaled = {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": ko.meta(name, namespace, labels),
-        "spec": {
-            "scaleTargetRef": {"name": name},
-            "minReplicaCount": min_replicas,
-            "maxReplicaCount": max_replicas,
-            "pollingInterval": 5,
-            "cooldownPeriod": 120,
-            "triggers": [
-                {
-                    "type": "redis-streams",
-                    "metadata": {
-                        "addressFromEnv": "REDIS_ADDRESS",
-                        "passwordFromEnv": "REDIS_PASSWORD",
-                        "stream": stream,
-                        "consumerGroup": group,
-                        "pendingEntriesCount": str(pending),
-                    },
-                }
-            ],
-        },
-    }
-    return [deployment, scaled]
-
-
 def inference_manifests(spec: InferenceSpec, namespace: str | None, image: str) -> list[Doc]:
-    """Service, per-predictor Deployment/PDB/HPA and the queue worker for one spec document."""
+    """Per-predictor Deployment/Service/PDB/HPA, the HTTPRoute and the queue worker of one spec."""
     service, name = spec.metadata.service, spec.metadata.name
     keys = [f"{name}/{p.endpoint_version}" for p in spec.spec.predictors]
     canary = canary_for(spec, keys)  # no file access: rendering needs no preprocess code
-    docs: list[Doc] = [inference_service(service, namespace)]
+    docs: list[Doc] = []
+    services: dict[str, str] = {}
     chosen = spec.spec.image or image
-    for predictor in spec.spec.predictors:
-        labels = {
-            **service_labels(service),
-            "modelyard.io/inference": label_value(name),
-            "modelyard.io/predictor": label_value(predictor.name),
-        }
+    spec_labels = {**service_labels(service), "modelyard.io/inference": label_value(name)}
+    for key, predictor in zip(keys, spec.spec.predictors, strict=True):
+        labels = {**spec_labels, "modelyard.io/predictor": label_value(predictor.name)}
         dep_name = dns_name("modelyard", service, name, predictor.name)
+        services[key] = dep_name
         res = predictor.resources
         gpu_image = chosen if chosen.endswith(GPU_SUFFIX) or res.gpu == 0 else chosen + GPU_SUFFIX
         replicas = None if predictor.auto_scale else predictor.replicas
@@ -296,11 +277,14 @@ def inference_manifests(spec: InferenceSpec, namespace: str | None, image: str) 
                 ko.resources(res.cpu, res.memory, res.gpu),
                 replicas,
                 res.gpu,
+                endpoints=[key],
             )
         )
+        docs.append(predictor_service(dep_name, namespace, labels))
         docs.append(pdb(dep_name, namespace, labels))
         if predictor.auto_scale:
             docs.append(hpa(dep_name, namespace, labels, predictor.auto_scale))
+    docs.append(http_route(spec, namespace, spec_labels, services, canary))
     queue = spec.spec.queue
     if queue.enabled:
         target = canary.endpoint if canary else keys[0]
@@ -311,11 +295,8 @@ def inference_manifests(spec: InferenceSpec, namespace: str | None, image: str) 
                 dns_name("modelyard", service, name, "queue"),
                 namespace,
                 chosen,
-                queue.stream,
-                queue.consumer_group,
-                queue.pending_entries,
-                queue.min_replicas,
-                queue.max_replicas,
+                queue,
+                _replica_env(service),
             )
         )
     return docs
@@ -327,19 +308,23 @@ def render(
     image: str = DEFAULT_IMAGE,
     admin_token: str | None = None,
     platform: bool = True,
+    replica_token: str | None = None,
 ) -> list[Doc]:
     """Every manifest for the specs (plus the platform unless ``platform=False``), each once."""
     docs: list[Doc] = []
     if platform:
-        docs.extend(control_plane(namespace, image, admin_token))
+        docs.extend(control_plane(namespace, image, admin_token, replica_token))
     for spec in specs:
         docs.extend(inference_manifests(spec, namespace, image))
     if platform:
         docs.append(service_monitor(namespace))
-    unique: dict[tuple[str, str], Doc] = {}
-    for doc in docs:  # a Service shared by several specs of one modelyard service appears once
-        unique.setdefault((doc["kind"], doc["metadata"]["name"]), doc)
-    return list(unique.values())
+    seen: dict[tuple[str, str], Doc] = {}
+    for doc in docs:
+        key = (doc["kind"], doc["metadata"]["name"])
+        if key in seen:  # two specs whose names map to one object name: one would overwrite the other
+            raise BadRequest(f"two objects would be the {key[0]} {key[1]!r}: rename a spec or a predictor")
+        seen[key] = doc
+    return docs
 
 
 def kustomize_base(image: str = DEFAULT_IMAGE) -> dict[str, list[Doc]]:
@@ -373,11 +358,8 @@ def kustomize_base(image: str = DEFAULT_IMAGE) -> dict[str, list[Doc]]:
             "modelyard-queue-worker",
             None,
             image,
-            "serving_stream",
-            "modelyard",
-            10,
-            0,
-            10,
+            Queue(),
+            _replica_env("default"),
         ),
         "servicemonitor.yaml": [service_monitor(None)],
     }

@@ -14,6 +14,7 @@ file without counting list items.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -164,15 +165,68 @@ class Predictor(_Spec):
 
 
 class Queue(_Spec):
-    """Queue workers on a Redis stream, scaled by KEDA on the stream's pending entries."""
+    """Queue workers on a Redis stream, scaled by KEDA on the consumer group's lag.
+
+    The lag (``XINFO GROUPS``, Redis ≥ 7) counts entries no worker has taken yet, so it is
+    there with zero workers: the only KEDA redis-streams mode that can wake workers from
+    ``minReplicas: 0`` (pending entries are only ever counted once a worker read them). A
+    second trigger on the pending entries keeps the workers that hold some.
+    """
 
     enabled: bool = True
     stream: str = "serving_stream"
     consumer_group: str = "modelyard"
-    pending_entries: int = Field(default=10, ge=1)
-    """Pending entries per worker before KEDA adds one."""
+    """Passed to the workers as ``--group`` and to KEDA: the two must name the same group."""
+    lag_count: int = Field(default=10, ge=1)
+    """Waiting entries per worker: KEDA runs ``ceil(lag / lagCount)`` workers."""
+    activation_lag_count: int = Field(default=0, ge=0)
+    """More waiting entries than this wake the workers from zero (0: any entry)."""
+    batch_size: int = Field(default=256, ge=1, le=4096)
+    """Entries one worker reads at once (``--batch-size``); KEDA keeps one worker per this
+    many pending (taken, unacknowledged) entries."""
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Queue:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"maxReplicas ({self.max_replicas}) must be ≥ minReplicas ({self.min_replicas})")
+        return self
+
+
+DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class GatewayRef(_Spec):
+    """The Gateway API ``Gateway`` that the spec's ``HTTPRoute`` attaches to (``k8s render``).
+
+    On Kubernetes the traffic split between predictors is the Gateway's job (each predictor
+    is its own Deployment and Service); this names the Gateway, which the cluster provides
+    (Envoy Gateway, Istio, Cilium, NGINX Gateway Fabric...). Default: the Gateway
+    ``modelyard`` in the route's own namespace.
+    """
+
+    name: str = "modelyard"
+    namespace: str | None = None
+    """Default: the namespace the manifests are rendered for. Another namespace must allow
+    routes from this one (the Gateway listener's ``allowedRoutes``)."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if len(value) > 253 or not DNS_SUBDOMAIN_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a Kubernetes object name (lowercase letters, digits, '-', '.')"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 63 or not DNS_LABEL_RE.match(value)):
+            raise ValueError(f"{value!r} is not a Kubernetes namespace (lowercase letters, digits, '-')")
+        return value
 
 
 class Metadata(_Spec):
@@ -198,6 +252,8 @@ class Spec(_Spec):
     """Where the weighted split is served; default ``metadata.name``."""
     image: str | None = None
     queue: Queue = Field(default_factory=Queue)
+    gateway: GatewayRef = Field(default_factory=GatewayRef)
+    """Where ``k8s render``'s HTTPRoute attaches; ignored by ``apply``."""
 
     @model_validator(mode="after")
     def _unique(self) -> Spec:

@@ -7,6 +7,13 @@ a second) or with 304 after the wait. Each new configuration is written to
 restarts while the control plane is down still serves what it served before.
 Connection failures are retried with a short back-off; they never stop
 serving.
+
+A replica given ``Settings.endpoints`` applies only those endpoint versions (see
+:mod:`modelyard.serving.selection`); the copy on disk is the whole configuration.
+
+Status reports the control plane refuses (401/403: no token, or one it does not know) are
+logged as a warning once per distinct answer, so a replica deployed without its token is
+not silently missing from ``modelyard status``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -23,6 +31,7 @@ import orjson
 from pydantic import ValidationError
 
 from modelyard.config import ServiceConfig
+from modelyard.serving.selection import filter_config
 from modelyard.serving.table import EndpointTable
 
 log = logging.getLogger("modelyard.sync")
@@ -45,6 +54,7 @@ class ConfigSync:
         wait_s: float = 20.0,
         retry_s: float = 1.0,
         report_status: bool = True,
+        endpoints: Sequence[str] = (),
     ) -> None:
         self.service = service
         self.http = http
@@ -53,6 +63,8 @@ class ConfigSync:
         self.wait_s = wait_s
         self.retry_s = retry_s
         self.report_status = report_status
+        self.endpoint_filter = list(endpoints)
+        """Endpoint keys or patterns this replica loads (empty: all); shown on ``/status``."""
         self.replica = replica_id()
         self.synced = asyncio.Event()
         """Set once a configuration (fresh or last-known) has been applied."""
@@ -60,6 +72,9 @@ class ConfigSync:
         self._task: asyncio.Task[None] | None = None
         self._report_task: asyncio.Task[None] | None = None
         self._report_wanted = asyncio.Event()
+        self._report_refused: int | None = None
+        """The status of the last refused report, so each distinct refusal is logged once."""
+        self._filter_warned: int | None = None
         table.on_change = self._report_wanted.set
 
     # -- last-known copy ---------------------------------------------------------------------
@@ -83,7 +98,7 @@ class ConfigSync:
         cached = self.load_last_known()
         if cached is not None and cached.service == self.service:
             log.info("serving last-known config of %s at revision %d", self.service, cached.revision)
-            self.table.apply(cached)
+            self._apply(cached)
             self.synced.set()
         self._task = asyncio.get_running_loop().create_task(self._run())
         if self.report_status:
@@ -113,6 +128,24 @@ class ConfigSync:
             )
         return ServiceConfig.model_validate_json(response.content)
 
+    def _apply(self, config: ServiceConfig) -> None:
+        """Hand ``config`` to the table, narrowed to :attr:`endpoint_filter`."""
+        if not self.endpoint_filter:
+            self.table.apply(config)
+            return
+        narrowed = filter_config(config, self.endpoint_filter)
+        if config.endpoints and not narrowed.endpoints and self._filter_warned != config.revision:
+            self._filter_warned = config.revision
+            log.warning(
+                "endpoints filter %s matches none of service %s's endpoint versions at revision %d "
+                "(%s): this replica serves nothing",
+                ",".join(self.endpoint_filter),
+                self.service,
+                config.revision,
+                ", ".join(sorted(e.key for e in config.endpoints)),
+            )
+        self.table.apply(narrowed)
+
     async def _run(self) -> None:
         backoff = 0.05
         while True:
@@ -124,9 +157,9 @@ class ConfigSync:
                 backoff = 0.05
                 if config is not None and config.revision != self.table.revision:
                     self._save_last_known(config)
-                    self.table.apply(config)
+                    self._apply(config)
                 elif config is not None and self.table.config is None:
-                    self.table.apply(config)
+                    self._apply(config)
                 self.synced.set()
             except asyncio.CancelledError:
                 raise
@@ -150,12 +183,39 @@ class ConfigSync:
             await asyncio.sleep(0.05)  # coalesce bursts of changes
             snapshot = self.table.snapshot()
             try:
-                await self.http.put(
+                response = await self.http.put(
                     f"/api/services/{self.service}/replicas/{self.replica}",
                     json={"revision": snapshot["revision"], "endpoints": snapshot["endpoints"]},
                     timeout=5,
                 )
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # unreachable: the sync loop already says so
                 log.debug("status report failed: %s", exc)
+                continue
+            self._report_answered(response)
+
+    def _report_answered(self, response: httpx.Response) -> None:
+        """Warn once per distinct refusal; note when reports are accepted again."""
+        status = response.status_code
+        if 200 <= status < 300:
+            if self._report_refused is not None:
+                log.info("the control plane accepts this replica's status reports again")
+            self._report_refused = None
+            return
+        if status == self._report_refused:
+            return
+        self._report_refused = status
+        if status == 401:
+            hint = "no token was sent: set MODELYARD_TOKEN (or --token); artifact downloads need it too"
+        elif status == 403:
+            hint = "the token is not valid there: check MODELYARD_TOKEN; artifact downloads need it too"
+        else:
+            hint = "reports are retried"
+        log.warning(
+            "the control plane refused this replica's status report for service %s with %d (%s); %s",
+            self.service,
+            status,
+            response.text[:200],
+            hint,
+        )
