@@ -226,6 +226,18 @@ def _missing_send(*args: Any, **kwargs: Any) -> Any:
     raise Unavailable("send_request is not available here (no data plane attached)")
 
 
+def _mentions(source: Path, word: str) -> bool:
+    """Whether any Python file of the user's code contains ``word`` (a file or a package folder)."""
+    files = sorted(source.rglob("*.py")) if source.is_dir() else [source]
+    for file in files:
+        try:
+            if word in file.read_text(errors="replace"):
+                return True
+        except OSError:
+            return True  # cannot tell: assume it does
+    return False
+
+
 class UserCode:
     """One loaded copy of an endpoint's ``Preprocess`` class; see the module docstring."""
 
@@ -247,6 +259,9 @@ class UserCode:
         self._tmpdir: Path | None = None
         self._model_loaded = False
         self._unloaded = False
+        self.calls_endpoints = False
+        """True when the code mentions ``send_request`` (a pipeline): its hooks then wait on
+        the event loop, so the data plane never runs them on it."""
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -283,6 +298,7 @@ class UserCode:
                 raise
         uc = cls(config, source, shown)
         uc._tmpdir = tmpdir
+        uc.calls_endpoints = _mentions(source, "send_request")
         try:
             uc._import()
             uc._instantiate(send_request, async_send_request)

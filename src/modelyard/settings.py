@@ -9,11 +9,15 @@ prefix: ``MODELYARD_HOME``, ``MODELYARD_DATABASE_URL`` and so on.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENDPOINT_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.\-*?\[\]!]+(/[A-Za-z0-9_.\-*?\[\]!]+)?$")
+"""An endpoint key (``iris/a``, ``iris``) or an fnmatch pattern over keys (``iris/*``)."""
 
 
 def _default_home() -> Path:
@@ -34,6 +38,12 @@ class Settings(BaseSettings):
     token: str | None = None
     """Bearer token for the control plane API; when unset the CLI reads ``<home>/token``."""
 
+    replica_token: str | None = None
+    """A secret the control plane registers at start as the ``reader`` token named ``replicas``
+    (a changed value replaces the previous one), for replicas and queue workers that cannot read
+    ``<home>/token`` to present as their :attr:`token`: the ``modelyard-replica-token`` Secret
+    of ``modelyard k8s render``. Reader is all a replica needs; unset: nothing is registered."""
+
     database_url: str | None = None
     """SQLAlchemy URL of the control plane's database; default SQLite at ``<home>/modelyard.db``.
 
@@ -52,6 +62,13 @@ class Settings(BaseSettings):
 
     service: str = "default"
     """The serving service an inference server serves."""
+
+    endpoints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Endpoint versions this inference replica loads, of its :attr:`service`: endpoint keys or
+    fnmatch patterns, comma-separated in ``MODELYARD_ENDPOINTS`` (``iris/a``, ``iris/*``; a
+    name without ``/`` is the unversioned endpoint); empty: all of them. ``k8s render`` gives
+    each predictor's Deployment its own version, so a GPU model never loads on CPU pods and each
+    HorizontalPodAutoscaler sees its own predictor's load. Canaries keep only the targets left."""
 
     control_plane_url: str | None = None
     """Control plane that an inference server syncs from; default :attr:`url`."""
@@ -105,6 +122,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest request body accepted, counted after gzip decompression (413 above it)."""
 
+    inline_max_ms: float = Field(default=0.5, ge=0)
+    """Synchronous endpoint chains (preprocess, predict, postprocess) measured faster than this
+    run on the event loop instead of hopping to the worker pool, whose hand-over costs about as
+    much CPU as a small model's predict; slower ones, and any that turn slow, run in the pool.
+    0 keeps every call in the pool. An endpoint's ``inline_max_ms`` option overrides it."""
+
     sync_wait_s: float = 20.0
     """How long one long-poll for configuration changes waits on the control plane."""
 
@@ -134,6 +157,21 @@ class Settings(BaseSettings):
 
     examples: bool = False
     """Register and deploy the bundled example models on start (``modelyard serve --examples``)."""
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            value = [str(v).strip() for v in value if str(v).strip()]
+            for pattern in value:
+                if not ENDPOINT_PATTERN_RE.match(pattern):
+                    raise ValueError(
+                        f"endpoints: {pattern!r} is not an endpoint key or pattern such as iris/a, "
+                        "iris/* or iris (letters, digits, '_', '.', '-', and * ? [ ] as wildcards)"
+                    )
+        return value
 
     @model_validator(mode="before")
     @classmethod

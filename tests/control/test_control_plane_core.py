@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import threading
@@ -22,7 +23,7 @@ from modelyard.control import (
     ReplicaEndpointState,
     ReplicaReport,
 )
-from modelyard.control.watch import wait_for_revision
+from modelyard.control.watch import RevisionWatch
 from modelyard.errors import BadRequest, Conflict, NotFound
 from modelyard.registry import ModelCreate
 from modelyard.store import Database, upgrade
@@ -256,21 +257,57 @@ def test_concurrent_endpoint_writes_each_bump_once(plane: ControlPlane) -> None:
     assert len(plane.render_config("svc").endpoints) == 20
 
 
-def test_wait_for_revision() -> None:
-    async def scenario() -> tuple[int | None, int | None, float]:
-        revision = 3
+def test_revision_watch_shares_one_poll_between_waiters_and_wakes_on_notify() -> None:
+    reads: list[str] = []
+    revisions = {"svc": 3}
 
-        def current() -> int:
-            return revision
+    def read(service: str) -> int:
+        reads.append(service)
+        if service not in revisions:
+            raise NotFound(f"service {service!r} not found")
+        return revisions[service]
+
+    async def scenario() -> None:
+        watch = RevisionWatch(read, interval_s=0.05)
+        assert await watch.wait("svc", 2, 5.0) == 3, "differs already: answered at once"
+        assert await watch.wait("svc", 4, 5.0) == 3, "lower (service re-created): answered at once"
+
+        # twenty long-polls share one poll of the database
+        waiters = [asyncio.create_task(watch.wait("svc", 3, 5.0)) for _ in range(20)]
+        await asyncio.sleep(0.5)
+        polled = len(reads) - 2 - 20  # minus the first two calls and each waiter's own first read
+        assert polled <= 0.5 / 0.05 + 2, f"{polled} reads in 0.5 s for 20 waiters"
+        revisions["svc"] = 4  # a write by another process: seen on the next shared read
+        assert await asyncio.wait_for(asyncio.gather(*waiters), 1) == [4] * 20
+
+        # a write of this process wakes the waiters without waiting for the interval
+        slow = RevisionWatch(read, interval_s=30)
+        waiter = asyncio.create_task(slow.wait("svc", 4, 10.0))
+        await asyncio.sleep(0.05)
+        revisions["svc"] = 5
+        started = time.monotonic()
+        slow.notify("svc")
+        assert await asyncio.wait_for(waiter, 2) == 5 and time.monotonic() - started < 0.5
 
         async def gone() -> bool:
             return True
 
-        changed = await wait_for_revision(current, 2, 5.0)
-        loop_time = time.monotonic()
-        left = await wait_for_revision(current, 3, 5.0, gone=gone)
-        return changed, left, time.monotonic() - loop_time
+        started = time.monotonic()
+        assert await watch.wait("svc", 5, 5.0, gone=gone) is None
+        assert time.monotonic() - started < 1.5
+        assert await watch.wait("svc", 5, 0.1) is None, "timed out"
+        with pytest.raises(NotFound):
+            await watch.wait("nope", 1, 1.0)
 
-    changed, left, elapsed = anyio.run(scenario)
-    assert changed == 3
-    assert left is None and elapsed < 1
+        # a service removed while waited on: the waiter hears of it
+        waiter = asyncio.create_task(watch.wait("svc", 5, 5.0))
+        await asyncio.sleep(0.1)
+        del revisions["svc"]
+        with pytest.raises(NotFound):
+            await asyncio.wait_for(waiter, 1)
+        await asyncio.sleep(0.1)
+        quiet = len(reads)
+        await asyncio.sleep(0.3)
+        assert len(reads) == quiet, "nobody waits: nobody polls"
+
+    anyio.run(scenario)

@@ -6,14 +6,12 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 
 from modelyard.engines.registry import default_engine_registry
 from modelyard.errors import InvalidInput, ModelLoadError
-
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
 
 pytestmark = pytest.mark.slow  # importing TensorFlow takes seconds
 

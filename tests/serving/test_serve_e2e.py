@@ -209,6 +209,19 @@ def test_oversized_bodies_and_gzip_bombs_are_413(server: Server) -> None:
     )
     assert response.status_code == 413
     assert "decompressed" in response.json()["error"]
+    # no Content-Length (chunked transfer): counted as it arrives, whole or in pieces
+    for chunks in ([b"x" * (65 * 1024)], [b"x" * 1024] * 65):
+        response = server.post(
+            "/serve/iris/1", content=iter(chunks), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 413, response.text
+        assert "request body is larger than the limit" in response.json()["error"]
+    response = server.post(
+        "/serve/iris/1",
+        content=iter([b'{"x0": 1,', b' "x1": 2}']),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
 
 
 def test_user_code_exception_is_422_and_isolated(server: Server, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelyard.artifacts import ArtifactStore
 from modelyard.control.plane import ControlPlane
 from modelyard.control.routes import create_router
+from modelyard.control.tokens import REPLICA_TOKEN_NAME
 from modelyard.errors import ModelyardError
 from modelyard.http_errors import error_body, error_headers, status_for
 from modelyard.settings import Settings
@@ -145,6 +146,10 @@ def create_control_app(settings: Settings, *, engine_names: Iterable[str] | None
     artifacts = ArtifactStore(settings.resolved_artifacts_url(), dict(settings.artifacts_options))
     plane = ControlPlane(db, artifacts, engine_names=engine_names)
     plane.ensure_admin_token(settings.token_file())
+    if settings.replica_token:  # Kubernetes: the replicas' reader token, from a Secret
+        role = plane.tokens.register(settings.replica_token, "reader", REPLICA_TOKEN_NAME, replace=True)
+        if role != "reader":
+            log.warning("MODELYARD_REPLICA_TOKEN is an admin token: replicas holding it can change anything")
     plane.ensure_service(settings.service)
 
     @asynccontextmanager
@@ -163,5 +168,8 @@ def create_control_app(settings: Settings, *, engine_names: Iterable[str] | None
     )
     _include_monitoring(app, plane, settings)
     _include_traffic(app, plane, settings)
+    from modelyard.control.metrics_routes import include_control_metrics
+
+    include_control_metrics(app, plane, settings)  # GET /metrics, API request counts
     install_error_handlers(app)
     return app

@@ -29,7 +29,7 @@ from modelyard.control.schemas import (
     TokenCreated,
     TokenInfo,
 )
-from modelyard.control.watch import ChangeNotifier, wait_for_revision
+from modelyard.control.watch import RevisionWatch
 from modelyard.errors import BadRequest
 from modelyard.registry import Model, ModelCreate, ModelFilter, TagsChange
 
@@ -45,8 +45,9 @@ def create_router(plane: ControlPlane, *, require_token_for_reads: bool = False)
     auth = Auth(plane, require_token_for_reads=require_token_for_reads)
     read = [Depends(auth.read())]
     admin = [Depends(auth.admin())]
-    notifier = ChangeNotifier()
-    plane.add_listener(notifier.notify)
+    member = [Depends(auth.member())]
+    watch = RevisionWatch(plane.current_revision)
+    plane.add_listener(watch.notify)
     router = APIRouter()
 
     @router.get("/health")
@@ -91,7 +92,7 @@ def create_router(plane: ControlPlane, *, require_token_for_reads: bool = False)
             raise BadRequest(f"artifact upload: expected sha256 {sha256}, received bytes hash to {sha}")
         return {"sha256": sha, "size": size}
 
-    @router.get("/artifacts/{sha256}", dependencies=read)
+    @router.get("/artifacts/{sha256}", dependencies=member)
     def download_artifact(sha256: str) -> StreamingResponse:
         check_sha256(sha256)
         size = plane.artifacts.size(sha256)
@@ -186,13 +187,7 @@ def create_router(plane: ControlPlane, *, require_token_for_reads: bool = False)
     ) -> Response:
         """The ServiceConfig once its revision differs from ``after``; 304 after ``wait`` s otherwise."""
         if after is not None:
-            found = await wait_for_revision(
-                lambda: plane.current_revision(service),
-                after,
-                min(wait, MAX_WAIT_S),
-                lambda pause: notifier.wait(service, pause),
-                request.is_disconnected,
-            )
+            found = await watch.wait(service, after, min(wait, MAX_WAIT_S), request.is_disconnected)
             if found is None:
                 return Response(status_code=304, headers={"x-modelyard-revision": str(after)})
         config = await run_in_threadpool(plane.render_config, service)
@@ -204,7 +199,7 @@ def create_router(plane: ControlPlane, *, require_token_for_reads: bool = False)
 
     @router.put(
         "/services/{service}/replicas/{replica_id}",
-        dependencies=[Depends(auth.reporter())],
+        dependencies=member,
         status_code=204,
         response_class=Response,
     )

@@ -1,10 +1,18 @@
 """Waiting for a service's revision to move past a number (the config long-poll).
 
 The database is the source of truth because several control plane processes
-may share it: a waiter re-reads the revision every :data:`POLL_INTERVAL_S`.
-Writes made by *this* process additionally wake waiters at once through
-:class:`ChangeNotifier`, so the common single-process case answers without the
-polling delay.
+may share it, so the revision is re-read every :data:`POLL_INTERVAL_S`; writes
+made by *this* process additionally wake waiters at once, so the common
+single-process case answers without the polling delay.
+
+:class:`RevisionWatch` reads each watched service's revision ONCE per interval
+for the whole process, however many replicas long-poll it (a hundred replicas
+would otherwise be two thousand queries a second), and only while somebody
+waits.
+
+"Differs", not "is greater": a revision *below* ``after`` means the service was
+deleted and re-created (or the database replaced), and the replica's copy
+belongs to another history; it must get the current one at once.
 """
 
 from __future__ import annotations
@@ -16,78 +24,106 @@ from collections.abc import Awaitable, Callable
 from starlette.concurrency import run_in_threadpool
 
 POLL_INTERVAL_S = 0.05
+GONE_CHECK_S = 1.0
+"""How often a long-poll checks that its caller is still connected."""
 
 
-class ChangeNotifier:
-    """Per-service wake-up events for one event loop; :meth:`notify` is thread-safe."""
+class _Watched:
+    """One service's shared poll: the revision last read and an event set when it moves."""
+
+    __slots__ = ("changed", "error", "poke", "revision", "task", "waiters")
 
     def __init__(self) -> None:
+        self.revision: int | None = None
+        self.error: BaseException | None = None
+        """What the last read raised (the service was removed): handed to every waiter."""
+        self.changed = asyncio.Event()
+        self.poke = asyncio.Event()
+        self.waiters = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def publish(self, revision: int | None, error: BaseException | None) -> None:
+        if revision != self.revision or type(error) is not type(self.error):
+            self.revision, self.error = revision, error
+            self.changed.set()
+            self.changed = asyncio.Event()
+
+
+class RevisionWatch:
+    """Shared revision polls for one process's long-polls; :meth:`notify` is thread-safe."""
+
+    def __init__(self, read: Callable[[str], int], interval_s: float = POLL_INTERVAL_S) -> None:
+        self._read = read
+        """Blocking: the service's revision from the database (raises when it does not exist)."""
+        self.interval_s = interval_s
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: dict[str, asyncio.Event] = {}
+        self._services: dict[str, _Watched] = {}
 
-    def _event(self, service: str) -> asyncio.Event:
+    def _watched(self, service: str) -> _Watched:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            # A new loop (tests, a restarted server): events of the old one are useless.
+        if loop is not self._loop:  # a new loop (tests, a restarted server): start afresh
             self._loop = loop
-            self._events = {}
-        event = self._events.get(service)
-        if event is None:
-            event = self._events[service] = asyncio.Event()
-        return event
+            self._services = {}
+        watched = self._services.get(service)
+        if watched is None:
+            watched = self._services[service] = _Watched()
+        return watched
 
-    async def wait(self, service: str, timeout: float) -> bool:
-        """Sleep up to ``timeout`` seconds; ``True`` when woken by a change of ``service``."""
-        event = self._event(service)
+    async def _read_once(self, service: str) -> tuple[int | None, BaseException | None]:
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            return await run_in_threadpool(self._read, service), None
+        except Exception as exc:  # NotFound for a removed service; the waiters re-raise it
+            return None, exc
 
-    def _fire(self, service: str) -> None:
-        event = self._events.pop(service, None)
-        if event is not None:
-            event.set()
+    async def _poll(self, service: str, watched: _Watched) -> None:
+        while watched.waiters > 0:
+            watched.publish(*await self._read_once(service))
+            watched.poke.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(watched.poke.wait(), self.interval_s)
+        watched.task = None
+
+    async def wait(
+        self,
+        service: str,
+        after: int,
+        timeout: float,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> int | None:
+        """The revision once it differs from ``after``, or ``None`` after ``timeout`` seconds
+        (or once ``gone()`` says the caller left); raises what reading it raises (NotFound)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        watched = self._watched(service)
+        # one fresh read for this caller: the shared value may be an interval old
+        revision, error = await self._read_once(service)
+        watched.publish(revision, error)
+        watched.waiters += 1
+        try:
+            if watched.task is None:
+                watched.task = loop.create_task(self._poll(service, watched))
+            while True:
+                if watched.error is not None:
+                    raise watched.error
+                if watched.revision is not None and watched.revision != after:
+                    return watched.revision
+                remaining = deadline - loop.time()
+                if remaining <= 0 or (gone is not None and await gone()):
+                    return None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(watched.changed.wait(), min(GONE_CHECK_S, remaining))
+        finally:
+            watched.waiters -= 1
+
+    def _poke(self, service: str) -> None:
+        watched = self._services.get(service)
+        if watched is not None:
+            watched.poke.set()
 
     def notify(self, service: str) -> None:
-        """Wake every waiter on ``service``; callable from any thread."""
+        """A write of this process changed ``service``: re-read it now; callable from any thread."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # loop closing between the check and the call
-            loop.call_soon_threadsafe(self._fire, service)
-
-
-async def wait_for_revision(
-    current_revision: Callable[[], int],
-    after: int,
-    timeout: float,
-    wake: Callable[[float], Awaitable[object]] | None = None,
-    gone: Callable[[], Awaitable[bool]] | None = None,
-) -> int | None:
-    """The revision once it differs from ``after``, or ``None`` after ``timeout`` seconds.
-
-    "Differs", not "is greater": a revision *below* ``after`` means the service
-    was deleted and re-created (or the database replaced), and the replica's
-    copy belongs to another history; it must get the current one at once.
-
-    ``current_revision`` is a short blocking database call, run in a worker
-    thread; ``wake(seconds)`` is an awaitable sleep that may end early;
-    ``gone()`` says the client disconnected, which ends the wait (``None``) so a
-    restarting fleet of replicas leaves no polls running on for a minute.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        revision = await run_in_threadpool(current_revision)
-        if revision != after:
-            return revision
-        remaining = deadline - loop.time()
-        if remaining <= 0 or (gone is not None and await gone()):
-            return None
-        pause = min(POLL_INTERVAL_S, remaining)
-        if wake is not None:
-            await wake(pause)
-        else:
-            await asyncio.sleep(pause)
+            loop.call_soon_threadsafe(self._poke, service)

@@ -50,16 +50,10 @@ async def send_error(send: Send, exc: ModelyardError) -> None:
     await send_response(send, status_for(exc), orjson.dumps(error_body(exc)), headers=headers)
 
 
-def header(scope: Scope, name: bytes) -> str:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return ""
-
-
-async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+async def body_chunks(receive: Receive, first: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
+    """The request body's chunks as they arrive (``first``: a message already received)."""
+    message = first if first is not None else await receive()
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise BadRequest("client disconnected before sending the whole body")
         chunk = message.get("body", b"")
@@ -67,6 +61,20 @@ async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
+        message = await receive()
+
+
+def body_headers(scope: Scope) -> tuple[bytes, str, str]:
+    """Content-Length (raw), Content-Encoding and Content-Type, in one pass over the headers."""
+    length, encoding, content_type = b"", "", ""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            length = value
+        elif key == b"content-type":
+            content_type = value.decode("latin-1")
+        elif key == b"content-encoding":
+            encoding = value.decode("latin-1")
+    return length, encoding, content_type
 
 
 class InferenceApp:
@@ -150,6 +158,7 @@ class InferenceApp:
                 snapshot = self.dataplane.table.snapshot()
                 snapshot["replica"] = self.runtime.sync.replica
                 snapshot["control_plane_connected"] = self.runtime.sync.connected
+                snapshot["endpoint_filter"] = self.runtime.sync.endpoint_filter  # empty: all
                 snapshot["canaries"] = self.dataplane.router.snapshot()
                 await send_response(send, 200, orjson.dumps(snapshot))
                 return
@@ -159,14 +168,20 @@ class InferenceApp:
         endpoint, _, version = rest.strip("/").partition("/")
         if not endpoint or "/" in version:
             raise NotFound(f"no endpoint at /serve/{rest}: use /serve/<endpoint>[/<version>]")
-        # refuse early when the declared length is already over the limit
-        length = header(scope, b"content-length")
-        encoding = header(scope, b"content-encoding")
+        length, encoding, content_type = body_headers(scope)
         try:
+            # refuse early when the declared length is already over the limit
             if length and not encoding and length.isdigit() and int(length) > self.max_body:
                 raise PayloadTooLarge(f"request body is larger than the limit of {self.max_body} bytes")
-            raw = await read_body(body_chunks(receive), limit=self.max_body, content_encoding=encoding)
-            body = decode_body(raw, header(scope, b"content-type"))
+            first = await receive()
+            if not encoding and first["type"] == "http.request" and not first.get("more_body", False):
+                raw = first.get("body", b"")  # the whole body in one message: the common case
+                if len(raw) > self.max_body:
+                    raise PayloadTooLarge(f"request body is larger than the limit of {self.max_body} bytes")
+            else:
+                chunks = body_chunks(receive, first)
+                raw = await read_body(chunks, limit=self.max_body, content_encoding=encoding)
+            body = decode_body(raw, content_type)
         except ModelyardError as exc:
             self.dataplane.count_rejected(endpoint, version, exc)
             raise

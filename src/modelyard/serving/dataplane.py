@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +27,23 @@ from modelyard.serving.batching import BatchObserver
 from modelyard.serving.codec import encode_json
 from modelyard.serving.endpoint import LoadedEndpoint
 from modelyard.serving.fetch import ArtifactCache
+from modelyard.serving.inline import RunInPool
 from modelyard.serving.routing import Headers, Router
 from modelyard.serving.table import EndpointTable
 
 log = logging.getLogger("modelyard.serving")
+
+SHADOW_THREADS = 2
+"""Threads that run shadow copies (sync user code and engines). Few on purpose: shadows are
+best-effort, so a slow or CPU-hungry shadow queues behind its siblings (and is dropped past
+``Router.max_shadows``) instead of taking the worker threads primary requests need."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _no_statistics(values: dict[str, Any]) -> None:
@@ -56,8 +69,12 @@ class DataPlane:
         nested_executor: Executor,
         load_executor: Executor,
         metrics: Metrics | None = None,
+        shadow_executor: Executor | None = None,
+        inline_max_s: float = 0.0,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
+        self.inline_max_s = inline_max_s
+        """Default limit under which an endpoint's sync chain may run on the event loop."""
         self._rules: list[MetricRule] = []
         self._rules_config: ServiceConfig | None = None
         self._rules_generation = 0
@@ -67,8 +84,12 @@ class DataPlane:
         self.nested_executor = nested_executor
         self.load_executor = load_executor
         self.table = EndpointTable(loader=self.load_endpoint)
-        self.router = Router(self.table, self._run_shadow)
-        """Canary routing; set ``router.observer`` to hear of shadow requests."""
+        self.shadow_executor: Executor = shadow_executor or ThreadPoolExecutor(
+            SHADOW_THREADS, thread_name_prefix="modelyard-shadow"
+        )
+        """Where shadow copies run (see :data:`SHADOW_THREADS`); threads start on first use."""
+        self.router = Router(self.table, self._run_shadow, observer=self.metrics.shadow_observer())
+        """Canary routing; shadow answers, latency and drops go to the metrics."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.batch_observer: BatchObserver | None = None
         """Hears of every batch the dynamic batchers form (endpoints loaded after it is set)."""
@@ -82,10 +103,13 @@ class DataPlane:
         nested: bool = False,
         state: dict[str, Any] | None = None,
         headers: Headers | None = None,
+        executor: Executor | None = None,
     ) -> InferResult:
         """Run ``body`` on the endpoint version; ``state`` seeds the request's state (OIP puts
         the request's id and parameters there). A canary name picks its target here (``headers``:
-        the request's, for sticky routing by header)."""
+        the request's, for sticky routing by header). ``nested`` (user code's ``send_request``)
+        or an explicit ``executor`` (shadow copies) run on their own threads and skip the
+        dynamic batcher, so they never wait behind, or hold up, the primary requests."""
         try:
             loaded = self.router.resolve(endpoint, version, body, headers)
         except ModelyardError as exc:
@@ -99,7 +123,10 @@ class DataPlane:
         started = time.perf_counter()
         try:
             value = await loaded.run(
-                body, state, custom if sampled else _no_statistics, self.nested_executor if nested else None
+                body,
+                state,
+                custom if sampled else _no_statistics,
+                executor or (self.nested_executor if nested else None),
             )
         except ModelyardError as exc:
             inst.count(status_for(exc))
@@ -120,7 +147,7 @@ class DataPlane:
         return InferResult(loaded.key, value)
 
     async def _run_shadow(self, endpoint: str, version: str, body: Any) -> None:
-        await self.infer(endpoint, version, body)
+        await self.infer(endpoint, version, body, executor=self.shadow_executor)
 
     # -- metrics ---------------------------------------------------------------------------------
     def count_rejected(self, endpoint: str, version: str | None, exc: ModelyardError) -> None:
@@ -191,6 +218,8 @@ class DataPlane:
     def send_request(self, endpoint: str, version: str | None = None, data: Any = None) -> Any:
         """Blocking call for sync user code; runs the target on the event loop."""
         assert self.loop is not None, "the data plane is not running"
+        if _running_loop() is self.loop:
+            raise RunInPool  # blocking here would stall the loop it waits on; see serving.inline
         future = asyncio.run_coroutine_threadsafe(self.async_send_request(endpoint, version, data), self.loop)
         return future.result()
 
@@ -235,7 +264,9 @@ class DataPlane:
                     except Exception:
                         log.exception("unloading user code of %s failed", config.key)
                 raise
-            return LoadedEndpoint(config, engine, user, self.executor, self.batch_observer)
+            return LoadedEndpoint(
+                config, engine, user, self.executor, self.batch_observer, inline_max_s=self.inline_max_s
+            )
 
         loop = asyncio.get_running_loop()
         try:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import TYPE_CHECKING, Any
 
 from modelyard.config import EndpointConfig
@@ -23,6 +23,7 @@ from modelyard.errors import ModelyardError, Unprocessable
 from modelyard.preprocess import UserCode, wrap_user_error
 from modelyard.serving import stacking
 from modelyard.serving.batching import Batcher, BatchObserver, BatchOptions
+from modelyard.serving.inline import InlinePolicy, RunInPool, inline_limit_s
 
 if TYPE_CHECKING:
     from modelyard.metrics import EndpointInstruments
@@ -44,6 +45,7 @@ class LoadedEndpoint:
         user: UserCode | None,
         executor: Executor,
         batch_observer: BatchObserver | None = None,
+        inline_max_s: float = 0.0,
     ) -> None:
         self.config = config
         self.key = config.key
@@ -62,6 +64,11 @@ class LoadedEndpoint:
         self._post_async = self._post is not None and user is not None and user.is_async("postprocess")
         engine_sync = engine.runs_sync()
         self._all_sync = engine_sync and not self._pre_async and not self._post_async
+        limit_s = inline_limit_s(config.options, inline_max_s)
+        if user is not None and user.calls_endpoints:
+            limit_s = 0.0  # a pipeline's hooks wait on the event loop: never run them on it
+        self.placement = InlinePolicy(limit_s)
+        """Whether the synchronous chain runs on the event loop or in the pool (measured)."""
         batching = BatchOptions.from_options(config.options)
         self.batcher: Batcher | None = None
         """Set when options ask for ``max_batch_size > 1``: requests then run in batches."""
@@ -82,6 +89,11 @@ class LoadedEndpoint:
             if self.batcher is not None and executor is None:  # nested calls skip the queue
                 return await self.batcher.submit(body, state, collect)
             if self._all_sync:
+                if self.placement.inline and executor is None:
+                    try:
+                        return self._run_sync(body, state, collect)
+                    except RunInPool:
+                        self.placement.pin_to_pool()
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(
                     executor or self.executor, self._run_sync, body, state, collect, perf_counter()
@@ -96,6 +108,7 @@ class LoadedEndpoint:
         self, body: Any, state: dict[str, Any], collect: CollectFn, submitted: float | None = None
     ) -> Any:
         started = perf_counter()
+        started_cpu = thread_time()
         data = body
         if self._pre is not None:
             try:
@@ -119,13 +132,15 @@ class LoadedEndpoint:
                 raise
             except Exception as exc:
                 raise wrap_user_error(exc, "postprocess") from None
+        finished = perf_counter()
+        self.placement.observe(finished - started, thread_time() - started_cpu)
         inst = self.instruments
         if inst is not None:
             inst.stages(
                 started - submitted if submitted is not None else None,
                 preprocessed - started if self._pre is not None else None,
                 processed - preprocessed,
-                perf_counter() - processed if self._post is not None else None,
+                finished - processed if self._post is not None else None,
             )
         return data
 
@@ -222,29 +237,37 @@ class LoadedEndpoint:
         results: list[Any] = [None] * n
         failed = [False] * n
         data: list[Any] = list(bodies)
+        pre: list[float | None] = [None] * n
+        post: list[float | None] = [None] * n
 
-        async def stage(fn: Callable[..., Any], is_async: bool, name: str, i: int) -> None:
+        async def stage(fn: Callable[..., Any], is_async: bool, name: str, i: int, took: list[Any]) -> None:
+            started = perf_counter()
             try:
                 data[i] = await self._stage(fn, is_async, name, data[i], states[i], collects[i])
             except ModelyardError as exc:
                 results[i], failed[i] = exc, True
+            took[i] = perf_counter() - started
 
         if self._pre is not None:
-            await asyncio.gather(*(stage(self._pre, self._pre_async, "preprocess", i) for i in range(n)))
+            await asyncio.gather(*(stage(self._pre, self._pre_async, "preprocess", i, pre) for i in range(n)))
         live = [i for i in range(n) if not failed[i]]
         items = [data[i] for i in live]
         outputs: list[Any] = [None] * len(live)
+        seconds = [0.0] * len(live)
 
-        async def one(j: int) -> None:
+        async def one(j: int, attempt: float) -> None:
             i = live[j]
+            started = perf_counter()
             try:
                 outputs[j] = await self.engine.predict(items[j], states[i], collects[i])
             except ModelyardError as exc:
                 outputs[j] = exc
             except Exception as exc:
                 outputs[j] = self._process_error(exc)
+            seconds[j] = attempt + perf_counter() - started
 
         async def group_call(group: list[int]) -> None:
+            started = perf_counter()
             stacked = stacking.stack([items[j] for j in group]) if len(group) > 1 else None
             split = None
             if stacked is not None:
@@ -255,11 +278,13 @@ class LoadedEndpoint:
                     )
                 except Exception:
                     split = None  # one call per item, so only the bad input fails
+            attempt = perf_counter() - started
             if split is not None:
                 for j, out in zip(group, split, strict=True):
                     outputs[j] = out
+                    seconds[j] = attempt
             else:
-                await asyncio.gather(*(one(j) for j in group))
+                await asyncio.gather(*(one(j, attempt) for j in group))
 
         await asyncio.gather(*(group_call(g) for g in self._groups(items)))
         for i, out in zip(live, outputs, strict=True):
@@ -269,11 +294,16 @@ class LoadedEndpoint:
                 data[i] = out
         if self._post is not None:
             await asyncio.gather(
-                *(stage(self._post, self._post_async, "postprocess", i) for i in range(n) if not failed[i])
+                *(
+                    stage(self._post, self._post_async, "postprocess", i, post)
+                    for i in range(n)
+                    if not failed[i]
+                )
             )
         for i in range(n):
             if not failed[i]:
                 results[i] = data[i]
+        self._batch_stages(failed, pre, dict(zip(live, seconds, strict=True)), post)
         return results
 
     def _run_many_sync(
@@ -283,14 +313,18 @@ class LoadedEndpoint:
         results: list[Any] = [None] * n
         failed = [False] * n
         data: list[Any] = list(bodies)
+        pre: list[float | None] = [None] * n
+        post: list[float | None] = [None] * n
         if self._pre is not None:
             for i in range(n):
+                started = perf_counter()
                 try:
                     data[i] = self._pre(bodies[i], states[i], collects[i])
                 except Exception as exc:
                     results[i], failed[i] = _user_outcome(exc, "preprocess"), True
+                pre[i] = perf_counter() - started
         live = [i for i in range(n) if not failed[i]]
-        outputs = self._predict_stacked([data[i] for i in live], states, live, collects)
+        outputs, process = self._predict_stacked([data[i] for i in live], states, live, collects)
         for i, out in zip(live, outputs, strict=True):
             if isinstance(out, ModelyardError):
                 results[i], failed[i] = out, True
@@ -299,17 +333,46 @@ class LoadedEndpoint:
         if self._post is not None:
             for i in range(n):
                 if not failed[i]:
+                    started = perf_counter()
                     try:
                         results[i] = self._post(results[i], states[i], collects[i])
                     except Exception as exc:
-                        results[i] = _user_outcome(exc, "postprocess")
+                        results[i], failed[i] = _user_outcome(exc, "postprocess"), True
+                    post[i] = perf_counter() - started
+        self._batch_stages(failed, pre, dict(zip(live, process, strict=True)), post)
         return results
+
+    def _batch_stages(
+        self,
+        failed: list[bool],
+        pre: list[float | None],
+        process: dict[int, float],
+        post: list[float | None],
+    ) -> None:
+        """Stage times of the answered requests of a batch (queue wait: the batcher's observer).
+
+        Pre/postprocess run per request, so each request records its own time. The engine
+        call is shared: every request of a stacked call records that call's full time as its
+        ``process`` stage, because that is how long the stage took for it. So, as for an
+        unbatched endpoint, each answered request adds one sample per stage and a request's
+        stages add up to its latency; the compute cost per batch is ``process`` divided by
+        ``modelyard_batch_size``. Failed requests record nothing, as unbatched ones.
+        """
+        inst = self.instruments
+        if inst is None:
+            return
+        for i, bad in enumerate(failed):
+            if not bad:
+                inst.stages(None, pre[i], process[i], post[i])
 
     def _predict_stacked(
         self, items: list[Any], states: list[dict[str, Any]], index: list[int], collects: list[CollectFn]
-    ) -> list[Any]:
+    ) -> tuple[list[Any], list[float]]:
+        """Outputs (or errors) of ``items`` and the seconds each spent in the engine."""
         outputs: list[Any] = [None] * len(items)
+        seconds = [0.0] * len(items)
         for group in self._groups(items):
+            started = perf_counter()
             if len(group) > 1:
                 stacked = stacking.stack([items[j] for j in group])
                 split = None
@@ -322,18 +385,23 @@ class LoadedEndpoint:
                     except Exception:
                         split = None  # one call per item below, so only the bad input fails
                 if split is not None:
+                    took = perf_counter() - started
                     for j, out in zip(group, split, strict=True):
                         outputs[j] = out
+                        seconds[j] = took
                     continue
+            attempt = perf_counter() - started  # a failed stacked call was spent on these too
             for j in group:
                 i = index[j]
+                alone = perf_counter()
                 try:
                     outputs[j] = self.engine.predict_sync(items[j], states[i], collects[i])
                 except ModelyardError as exc:
                     outputs[j] = exc
                 except Exception as exc:
                     outputs[j] = self._process_error(exc)
-        return outputs
+                seconds[j] = attempt + perf_counter() - alone
+        return outputs, seconds
 
     def _groups(self, items: list[Any]) -> list[list[int]]:
         """Positions of items that can run as one call; items that do not stack run alone."""

@@ -66,6 +66,7 @@ class InferenceRuntime:
             nested_executor=self.nested_executor,
             load_executor=self.load_executor,
             metrics=self.metrics,
+            inline_max_s=settings.inline_max_ms / 1000.0,
         )
         self.dataplane.batch_observer = self.metrics.batch_observer()
         self.sync = ConfigSync(
@@ -75,6 +76,7 @@ class InferenceRuntime:
             cache_dir=cache_dir,
             wait_s=settings.sync_wait_s,
             retry_s=settings.sync_retry_s,
+            endpoints=settings.endpoints,
         )
         report_change = self.dataplane.table.on_change
 
