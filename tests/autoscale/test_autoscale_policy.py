@@ -64,6 +64,7 @@ def test_read_load_sums_every_workers_files(tmp_path: Path) -> None:
         f"m = Metrics(multiprocess_dir={str(folder)!r}, gpu=False)\n"
         "inst = m.endpoint('iris', '1'); inst.inflight.inc(3)\n"
         "inst.duration.observe(0.25); inst.duration.observe(0.5)\n"
+        "m.flush()  # what the flush thread does every FLUSH_INTERVAL_S\n"
         "print('ready', flush=True); sys.stdin.read()\n"
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
