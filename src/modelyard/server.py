@@ -9,6 +9,10 @@
 * ``modelyard control-plane`` — the control plane alone (``/api``, ``/docs``, ``/ui``), for
   deployments where replicas run elsewhere (several ``modelyard inference`` processes or pods).
 
+Both replicas also speak the Open Inference Protocol over gRPC when
+``settings.grpc_port`` is set (:mod:`modelyard.serving.oip_grpc`, started and
+stopped with the replica's runtime; each worker binds the port with ``SO_REUSEPORT``).
+
 With ``--workers N`` uvicorn starts N processes; each builds its own apps
 through the ``*_factory`` functions, reading the settings that the parent put
 in ``MODELYARD_SETTINGS_JSON``. With ``--workers auto`` the count follows load
@@ -86,12 +90,20 @@ def create_all_in_one_app(settings: Settings, metrics: Metrics | None = None) ->
 
     control = create_control_app(settings)
     transport = httpx.ASGITransport(app=control)
-    runtime = InferenceRuntime(settings, transport=transport, metrics=metrics or create_metrics(settings))
+    runtime = InferenceRuntime(
+        settings,
+        transport=transport,
+        metrics=metrics or create_metrics(settings),
+        grpc_port=settings.grpc_port,
+    )
     return AllInOneApp(control, InferenceApp(runtime, manage_lifespan=False))
 
 
 def create_inference_app(settings: Settings, metrics: Metrics | None = None) -> InferenceApp:
-    return InferenceApp(InferenceRuntime(settings, metrics=metrics or create_metrics(settings)))
+    runtime = InferenceRuntime(
+        settings, metrics=metrics or create_metrics(settings), grpc_port=settings.grpc_port
+    )
+    return InferenceApp(runtime)
 
 
 def prepare_metrics_dir(settings: Settings) -> tuple[Settings, Path | None]:

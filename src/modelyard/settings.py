@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     cache_dir: Path | None = None
     """Where inference replicas cache downloaded artifacts by hash; default ``<home>/cache``."""
 
+    cache_keep_s: float = Field(default=3600.0, ge=0)
+    """Cached artifacts that no last-known configuration in the cache folder refers to any more
+    are removed this many seconds after their download (checked after configuration changes),
+    so a replica's disk does not fill with every model it ever served."""
+
     service: str = "default"
     """The serving service an inference server serves."""
 
@@ -78,6 +83,12 @@ class Settings(BaseSettings):
 
     port: int = 8080
     """Port the server binds."""
+
+    grpc_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the inference replica's Open Inference Protocol gRPC front (KServe V2 / Triton's
+    ``inference.GRPCInferenceService``, on :attr:`host`), beside the HTTP one; ``None``: no gRPC.
+    ``--grpc-port`` of ``modelyard serve`` and ``modelyard inference``; needs the ``grpc`` extra.
+    With several workers each binds it with ``SO_REUSEPORT`` (the kernel spreads connections)."""
 
     workers: int = 1
     """Number of server worker processes; ``auto`` (``--workers auto``, ``MODELYARD_WORKERS=auto``)

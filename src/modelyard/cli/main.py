@@ -81,6 +81,16 @@ def _max_workers_option() -> Any:
     )
 
 
+def _grpc_port_option() -> Any:
+    return typer.Option(
+        None,
+        "--grpc-port",
+        min=1,
+        max=65535,
+        help="Also serve the Open Inference Protocol over gRPC on this port (KServe V2 / Triton).",
+    )
+
+
 def _workers(value: str | None) -> dict[str, Any]:
     """``--workers`` as settings: ``auto`` turns autoscaling on, a number fixes the count."""
     if value is None:
@@ -100,6 +110,7 @@ def _workers(value: str | None) -> dict[str, Any]:
 def serve(
     host: str | None = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
     port: int | None = typer.Option(None, "--port", help="Port to bind (default 8080)."),
+    grpc_port: int | None = _grpc_port_option(),
     workers: str | None = _workers_option(),
     min_workers: int | None = _min_workers_option(),
     max_workers: int | None = _max_workers_option(),
@@ -112,8 +123,8 @@ def serve(
     from modelyard.server import run_all_in_one
 
     settings = _server_settings(
-        host=host, port=port, examples=examples, home=home, min_workers=min_workers,
-        max_workers=max_workers, **_workers(workers),
+        host=host, port=port, grpc_port=grpc_port, examples=examples, home=home,
+        min_workers=min_workers, max_workers=max_workers, **_workers(workers),
     )  # fmt: skip
     run_all_in_one(settings)
 
@@ -143,6 +154,7 @@ def inference(
     ),
     host: str | None = typer.Option(None, "--host", help="Address to bind."),
     port: int | None = typer.Option(None, "--port", help="Port to bind."),
+    grpc_port: int | None = _grpc_port_option(),
     workers: str | None = _workers_option(),
     min_workers: int | None = _min_workers_option(),
     max_workers: int | None = _max_workers_option(),
@@ -168,7 +180,8 @@ def inference(
     try:
         settings = _server_settings(
             service=service, control_plane_url=control_plane, host=host, port=port, token=token,
-            endpoints=endpoints, min_workers=min_workers, max_workers=max_workers, **_workers(workers),
+            grpc_port=grpc_port, endpoints=endpoints, min_workers=min_workers, max_workers=max_workers,
+            **_workers(workers),
         )  # fmt: skip
     except ValidationError as exc:
         raise common.fail(

@@ -24,6 +24,10 @@ or shape that does not match is a 400 naming the input and what was expected.
 
 Health answers follow the spec: 200 for true, 400 for false. The repository
 extension is mapped onto the control plane (see :class:`Repository`).
+
+The transport-free part (metadata, readiness, :meth:`OipFront.infer_request` from
+decoded tensors to named outputs) is shared with the gRPC front
+(:mod:`modelyard.serving.oip_grpc`), which only decodes and encodes differently.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from modelyard.serving.codec import encode_json, read_body
 from modelyard.serving.endpoint import LoadedEndpoint
 from modelyard.serving.oip_repository import Repository
 from modelyard.serving.oip_tensors import (
+    InferRequest,
     TensorMeta,
     check_inputs,
     datatype_of,
@@ -69,6 +74,18 @@ class OipResponse:
 
 def _json(status: int, value: Any, headers: list[tuple[bytes, bytes]] | None = None) -> OipResponse:
     return OipResponse(status, orjson.dumps(value), headers=headers or [])
+
+
+@dataclass
+class InferOutcome:
+    """What an inference request produced, before a transport encodes it."""
+
+    outputs: dict[str, np.ndarray]
+    key: str
+    """The endpoint version that answered (a canary may pick another than the one resolved)."""
+    version: str
+    parameters: dict[str, Any] | None
+    """Response ``parameters`` the endpoint's code set in ``state["oip"]["response_parameters"]``."""
 
 
 @dataclass
@@ -196,9 +213,7 @@ class OipFront:
         rest = parts[1:]
         if not rest:
             self._allow(method, "GET")
-            return _json(
-                200, {"name": "modelyard", "version": modelyard.__version__, "extensions": EXTENSIONS}
-            )
+            return _json(200, self.server_metadata())
         if rest[0] == "health" and len(rest) == 2 and rest[1] in ("live", "ready"):
             self._allow(method, "GET")
             if rest[1] == "live":
@@ -231,35 +246,44 @@ class OipFront:
             return await self.infer(scope, receive, name, version)
         self._allow(method, "GET")
         if action == "ready":
-            try:
-                self.table.resolve(name, version)
-            except Unavailable as exc:
-                return _json(400, {"name": name, "ready": False, "error": exc.message})
+            reason = self.not_ready_reason(name, version)
+            if reason is not None:
+                return _json(400, {"name": name, "ready": False, "error": reason})
             return _json(200, {"name": name, "ready": True})
-        loaded = self.table.resolve(name, version)
-        meta = self.meta(loaded)
-        versions = [v for v in self.table.versions.get(name, []) if v]
-        return _json(
-            200,
-            {
-                "name": name,
-                "versions": versions,
-                "platform": meta.platform,
-                "inputs": [t.as_dict() for t in meta.inputs],
-                "outputs": [t.as_dict() for t in meta.outputs],
-            },
-        )
+        return _json(200, self.model_metadata(name, version))
 
-    async def infer(
-        self, scope: dict[str, Any], receive: Receive, name: str, version: str | None
-    ) -> OipResponse:
-        loaded = self.table.resolve(name, version)
+    # -- the transport-free core, shared with the gRPC front -------------------------------------
+    @staticmethod
+    def server_metadata() -> dict[str, Any]:
+        return {"name": "modelyard", "version": modelyard.__version__, "extensions": EXTENSIONS}
+
+    def not_ready_reason(self, name: str, version: str | None) -> str | None:
+        """``None`` when the model (version) can answer now, else why not; NotFound raises."""
+        try:
+            self.table.resolve(name, version)
+        except Unavailable as exc:
+            return exc.message
+        return None
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        """The model's metadata as the REST spec spells it (the gRPC front copies it into protobuf)."""
+        meta = self.meta(self.table.resolve(name, version))
+        return {
+            "name": name,
+            "versions": [v for v in self.table.versions.get(name, []) if v],
+            "platform": meta.platform,
+            "inputs": [t.as_dict() for t in meta.inputs],
+            "outputs": [t.as_dict() for t in meta.outputs],
+        }
+
+    async def infer_request(
+        self, name: str, version: str | None, request: InferRequest, loaded: LoadedEndpoint | None = None
+    ) -> InferOutcome:
+        """Run a decoded request through the endpoint (checked against its metadata, batched
+        like ``/serve``); ``loaded``: the version already resolved by the caller, if any."""
+        if loaded is None:
+            loaded = self.table.resolve(name, version)
         meta = self.meta(loaded)
-        raw = await read_request_body(scope, receive, self.max_body)
-        header_length = _header(scope, b"inference-header-content-length")
-        if header_length and not header_length.isdigit():
-            raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not a number")
-        request = parse_infer_request(raw, int(header_length) if header_length else None)
         check_inputs(request, meta.inputs, loaded.key)
         oip_state: dict[str, Any] = {
             "id": request.id,
@@ -272,14 +296,27 @@ class OipFront:
         result = await self.dataplane.infer(name, version, body, state={"oip": oip_state})
         outputs = named_outputs(result.value, meta.outputs)
         _, answered_version = split_endpoint_key(result.key)
+        return InferOutcome(outputs, result.key, answered_version, oip_state.get("response_parameters"))
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    async def infer(
+        self, scope: dict[str, Any], receive: Receive, name: str, version: str | None
+    ) -> OipResponse:
+        loaded = self.table.resolve(name, version)  # 404 / 503 before reading the body
+        raw = await read_request_body(scope, receive, self.max_body)
+        header_length = _header(scope, b"inference-header-content-length")
+        if header_length and not header_length.isdigit():
+            raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not a number")
+        request = parse_infer_request(raw, int(header_length) if header_length else None)
+        outcome = await self.infer_request(name, version, request, loaded)
         encoded = encode_infer_response(
-            outputs,
+            outcome.outputs,
             model_name=name,
-            model_version=answered_version,
+            model_version=outcome.version,
             request=request,
-            parameters=oip_state.get("response_parameters"),
+            parameters=outcome.parameters,
         )
-        headers = [(b"x-modelyard-endpoint", result.key.encode())]
+        headers = [(b"x-modelyard-endpoint", outcome.key.encode())]
         if encoded.header_length is None:
             return OipResponse(200, encoded.body, headers=headers)
         headers.append((b"inference-header-content-length", str(encoded.header_length).encode()))

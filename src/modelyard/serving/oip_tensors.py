@@ -1,7 +1,9 @@
 """Open Inference Protocol tensors: datatypes, request decoding and response encoding.
 
 Transport-free (bytes in, bytes out): :mod:`modelyard.serving.oip` is the HTTP
-adapter, the ``triton`` engine is a client of the same format.
+adapter, :mod:`modelyard.serving.oip_grpc_tensors` builds the gRPC messages from
+the same pieces (datatypes, raw tensor bytes, output selection), the ``triton``
+engine is a client of both.
 
 * JSON tensors: ``data`` nested or flat, row-major; BYTES elements are strings.
 * Binary tensors (Triton's binary tensor data extension): the JSON header is
@@ -138,17 +140,25 @@ def decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) ->
 
 
 def decode_binary_tensor(
-    name: str, datatype: str, shape: list[int], body: bytes | bytearray | memoryview, offset: int, size: int
+    name: str,
+    datatype: str,
+    shape: list[int],
+    body: bytes | bytearray | memoryview,
+    offset: int,
+    size: int,
+    *,
+    source: str = "binary_data_size",
 ) -> np.ndarray:
+    """A tensor from ``size`` raw bytes at ``offset``; ``source`` names where the size came from
+    in error messages (``binary_data_size`` over HTTP, ``raw_input_contents`` over gRPC)."""
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _decode_bytes(name, shape, memoryview(body)[offset : offset + size], count)
+        return _decode_bytes(name, shape, memoryview(body)[offset : offset + size], count, source)
     dtype = DATATYPES[datatype]
     expected = count * dtype.itemsize
     if size != expected:
         raise InvalidInput(
-            f"input {name!r}: binary_data_size is {size} bytes but shape {shape} of {datatype} "
-            f"needs {expected} bytes"
+            f"input {name!r}: {source} is {size} bytes but shape {shape} of {datatype} needs {expected} bytes"
         )
     arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     if offset % dtype.alignment:
@@ -156,7 +166,7 @@ def decode_binary_tensor(
     return arr.reshape(shape)
 
 
-def _decode_bytes(name: str, shape: list[int], view: memoryview, count: int) -> np.ndarray:
+def _decode_bytes(name: str, shape: list[int], view: memoryview, count: int, source: str) -> np.ndarray:
     size = len(view)
     out = np.empty(count, dtype=object)
     pos = 0
@@ -176,7 +186,7 @@ def _decode_bytes(name: str, shape: list[int], view: memoryview, count: int) -> 
         pos += length
     if pos != size:
         raise InvalidInput(
-            f"input {name!r}: binary_data_size is {size} bytes but the {count} BYTES elements "
+            f"input {name!r}: {source} is {size} bytes but the {count} BYTES elements "
             f"of shape {shape} use {pos}"
         )
     return out.reshape(shape)
@@ -247,14 +257,19 @@ def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> I
         for raw in outputs:
             raw = _dict(raw, "each requested output")
             name = raw.get("name")
-            if not isinstance(name, str) or not name:
-                raise BadRequest("each requested output needs a 'name'")
             params = _dict(raw.get("parameters"), f"parameters of output {name!r}")
-            if params.get("classification"):
-                raise BadRequest(f"output {name!r}: the classification extension is not supported")
-            binary = params.get("binary_data")
-            request.outputs.append(RequestedOutput(name, None if binary is None else bool(binary)))
+            request.outputs.append(requested_output(name, params))
     return request
+
+
+def requested_output(name: Any, params: dict[str, Any]) -> RequestedOutput:
+    """One entry of a request's ``outputs`` (both transports): a name, no classification."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest("each requested output needs a 'name'")
+    if params.get("classification"):
+        raise BadRequest(f"output {name!r}: the classification extension is not supported")
+    binary = params.get("binary_data")
+    return RequestedOutput(name, None if binary is None else bool(binary))
 
 
 def shape_matches(shape: Sequence[int], expected: Sequence[int]) -> bool:
@@ -348,6 +363,12 @@ def _binary(arr: np.ndarray, datatype: str) -> list[Any]:
     return [data.data.cast("B")]
 
 
+def tensor_bytes(arr: np.ndarray, datatype: str) -> bytes:
+    """The tensor's raw bytes as the binary extension and gRPC's raw contents carry them:
+    little-endian, row-major; BYTES elements each behind a 4-byte little-endian length."""
+    return b"".join(_binary(arr, datatype))
+
+
 def _json_data(arr: np.ndarray, datatype: str, name: str) -> Any:
     if datatype == "BYTES":
         try:
@@ -360,6 +381,24 @@ def _json_data(arr: np.ndarray, datatype: str, name: str) -> Any:
     if datatype == "FP16":
         flat = flat.astype(np.float32)
     return flat
+
+
+def select_outputs(
+    outputs: dict[str, np.ndarray], request: InferRequest, model_name: str
+) -> list[tuple[str, bool]]:
+    """The outputs to answer, in order, each with whether it goes binary: the requested ones
+    (400 naming an unknown one), else all of them."""
+    if request.outputs is None:
+        return [(name, request.binary_output) for name in outputs]
+    selected: list[tuple[str, bool]] = []
+    for wanted in request.outputs:
+        if wanted.name not in outputs:
+            raise InvalidInput(
+                f"output {wanted.name!r} is not an output of model {model_name!r} "
+                f"(outputs: {', '.join(outputs)})"
+            )
+        selected.append((wanted.name, request.binary_output if wanted.binary is None else wanted.binary))
+    return selected
 
 
 @dataclass
@@ -378,17 +417,7 @@ def encode_infer_response(
     parameters: dict[str, Any] | None = None,
 ) -> EncodedResponse:
     """The response body; requested outputs only (400 for an unknown one), binary where asked."""
-    if request.outputs is not None:
-        selected: list[tuple[str, bool]] = []
-        for wanted in request.outputs:
-            if wanted.name not in outputs:
-                raise InvalidInput(
-                    f"output {wanted.name!r} is not an output of model {model_name!r} "
-                    f"(outputs: {', '.join(outputs)})"
-                )
-            selected.append((wanted.name, request.binary_output if wanted.binary is None else wanted.binary))
-    else:
-        selected = [(name, request.binary_output) for name in outputs]
+    selected = select_outputs(outputs, request, model_name)
     tensors: list[dict[str, Any]] = []
     binary: list[Any] = []
     for name, as_binary in selected:

@@ -1,4 +1,5 @@
-"""Composition of one inference replica: HTTP client, artifact cache, data plane, sync loop.
+"""Composition of one inference replica: HTTP client, artifact cache, data plane, sync loop,
+and the gRPC front when ``Settings.grpc_port`` is set (the HTTP front is the app that hosts it).
 
 Built once per worker process by the composition root and passed to the HTTP
 app; nothing here is global, so tests build as many replicas as they like.
@@ -11,6 +12,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -23,6 +25,9 @@ from modelyard.serving.stats import StatsReporter
 from modelyard.serving.sync import ConfigSync
 from modelyard.serving.table import EndpointTable
 from modelyard.settings import Settings
+
+if TYPE_CHECKING:
+    from modelyard.serving.oip_grpc import OipGrpcServer
 
 log = logging.getLogger("modelyard.serving")
 
@@ -47,8 +52,12 @@ class InferenceRuntime:
         registry: EngineRegistry | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
+        grpc_port: int | None = None,
     ) -> None:
+        """``grpc_port``: also serve the OIP over gRPC there; the composition root passes
+        ``Settings.grpc_port`` for ``serve`` and ``inference`` (a queue worker has no front)."""
         self.settings = settings
+        self.grpc_port = grpc_port
         self.metrics = metrics if metrics is not None else Metrics(service=settings.service)
         token = read_token(settings)
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -78,6 +87,8 @@ class InferenceRuntime:
             retry_s=settings.sync_retry_s,
             endpoints=settings.endpoints,
         )
+        self.sync.after_save = self._prune_cache_soon
+        self._pruning: asyncio.Future[object] | None = None
         report_change = self.dataplane.table.on_change
 
         def on_change() -> None:
@@ -91,6 +102,16 @@ class InferenceRuntime:
             replica=self.sync.replica,
             metrics=self.metrics,
             interval_s=settings.stats_interval_s,
+        )
+        self.grpc: OipGrpcServer | None = None
+
+    def _prune_cache_soon(self) -> None:
+        """Drop cached artifacts no configuration needs (in a thread; one pass at a time)."""
+        if self._pruning is not None and not self._pruning.done():
+            return
+        loop = asyncio.get_running_loop()
+        self._pruning = loop.run_in_executor(
+            self.load_executor, self.dataplane.cache.prune_unreferenced, self.settings.cache_keep_s
         )
 
     def _publish_states(self) -> None:
@@ -116,6 +137,22 @@ class InferenceRuntime:
         wait_s = self.settings.resolved_ready_wait_s()
         if wait_s > 0:
             await self.wait_ready(wait_s)
+        if self.grpc_port is not None:
+            await self._start_grpc(self.grpc_port)
+
+    async def _start_grpc(self, port: int) -> None:
+        """The OIP gRPC front on ``port``, on this loop (after the ready wait, as uvicorn
+        accepts HTTP connections only once startup is done)."""
+        try:
+            from modelyard.serving.oip_grpc import OipGrpcServer
+        except ImportError as exc:
+            raise RuntimeError(
+                f"grpc_port is set but the gRPC front cannot be imported ({exc}): "
+                "pip install 'modelyard[grpc]'"
+            ) from None
+        server = OipGrpcServer(self, port)
+        await server.start()
+        self.grpc = server
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait (up to ``timeout_s``) until the configuration is applied and every load finished.
@@ -139,6 +176,9 @@ class InferenceRuntime:
             log.debug("preloading engine %s failed: %s", name, exc)
 
     async def stop(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()  # in-flight RPCs finish first (a few seconds' grace)
+            self.grpc = None
         await self.sync.stop()
         await self.stats.stop()
         await self.dataplane.table.close()
