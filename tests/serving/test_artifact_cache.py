@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
-from modelyard.config import ArtifactRef
+from modelyard.config import ArtifactRef, ServiceConfig
 from modelyard.errors import ModelLoadError, NotFound, Unavailable
 from modelyard.serving.fetch import ArtifactCache
 from modelyard.settings import Settings
@@ -193,3 +194,49 @@ def test_prune_on_a_cache_that_was_never_used(tmp_path: Path) -> None:
             return ArtifactCache(tmp_path / "nothing", http).prune(set())
 
     assert asyncio.run(prune()) == []
+
+
+def test_prune_unreferenced_keeps_what_any_last_known_configuration_names(
+    control: RunningControlPlane, tmp_path: Path
+) -> None:
+    a, b, model, gone = (upload(control, data) for data in (b"a-code", b"b-code", b"model", b"gone"))
+    cache = tmp_path / "cache"
+    Fetcher(control.url, control.admin_token, cache).run(a, b, model, gone)
+    hour_ago = time.time() - 3600
+    for ref in (a, b, model, gone):
+        os.utime(cache / "blobs" / ref.sha256, (hour_ago, hour_ago))
+
+    def last_known(service: str, *refs: tuple[ArtifactRef | None, ArtifactRef | None]) -> None:
+        endpoints = [
+            {
+                "endpoint": f"e{i}",
+                "version": "1",
+                "engine": "sklearn",
+                "model": None
+                if m is None
+                else {"id": "m", "name": "m", "project": "p", "version": 1, "framework": "sklearn",
+                      "artifact": m.model_dump(mode="json")},
+                "preprocess": None if p is None else p.model_dump(mode="json"),
+            }
+            for i, (m, p) in enumerate(refs)
+        ]  # fmt: skip
+        config = ServiceConfig.model_validate({"service": service, "revision": 3, "endpoints": endpoints})
+        (cache / f"service-{service}.json").write_bytes(orjson.dumps(config.model_dump(mode="json")))
+
+    # two services share the cache folder: what either one's last-known copy names stays
+    last_known("one", (model, a))
+    last_known("two", (None, b))
+
+    async def prune(min_age_s: float) -> list[str]:
+        async with httpx.AsyncClient(base_url=control.url) as http:
+            return ArtifactCache(cache, http).prune_unreferenced(min_age_s)
+
+    assert asyncio.run(prune(7200)) == [], "not old enough yet"
+    assert asyncio.run(prune(60)) == [gone.sha256]
+    assert sorted(p.name for p in (cache / "blobs").iterdir()) == sorted(r.sha256 for r in (a, b, model))
+    # a copy that cannot be read: nobody can tell what it needs, so nothing goes
+    (cache / "service-three.json").write_text("{not json")
+    last_known("two", (None, None))
+    assert asyncio.run(prune(0)) == []
+    (cache / "service-three.json").unlink()
+    assert asyncio.run(prune(0)) == [b.sha256]

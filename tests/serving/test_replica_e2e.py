@@ -100,3 +100,26 @@ def test_running_replica_keeps_serving_while_control_plane_is_down(
         assert answer(replica_url) == "live"
     finally:
         replica.__exit__(None, None, None)
+
+
+def test_replica_drops_cached_artifacts_no_configuration_needs(settings: Settings, tmp_path: Path) -> None:
+    control_port = free_port()
+    control_url = f"http://127.0.0.1:{control_port}"
+    with run_uvicorn_in_thread(create_control_app(settings), control_port):
+        api = Api(control_url, settings.token_file().read_text().strip())
+        add_iris(api, tmp_path, "default", "first")
+        replica = replica_settings(settings, control_url, "default", tmp_path)
+        replica = replica.model_copy(update={"cache_keep_s": 0})
+        blobs = replica.resolved_cache_dir() / "blobs"
+        with run_uvicorn_in_thread(create_inference_app(replica)) as replica_url:
+            assert wait_for(lambda: answer(replica_url)) == "first"
+            first = {p.name for p in blobs.iterdir()}
+            assert len(first) == 2  # the model and its preprocess code
+            add_iris(api, tmp_path, "default", "second")  # new code (the model trains the same bytes)
+            assert wait_for(lambda: answer(replica_url) == "second" or None, timeout=10)
+            # the old code goes once the new revision is saved; the model both use stays
+            now = wait_for(
+                lambda: len(names := {p.name for p in blobs.iterdir()}) == 2 and names != first and names
+            )
+            assert len(now & first) == 1
+            assert answer(replica_url) == "second"

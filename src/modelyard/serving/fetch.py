@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 
 from modelyard.config import ArtifactRef
 from modelyard.errors import ModelLoadError, NotFound, Unavailable
@@ -117,6 +118,36 @@ class ArtifactCache:
                 f"expected {ref.sha256}; the file was not kept"
             )
         os.replace(tmp, target)
+
+    def referenced(self) -> set[str] | None:
+        """Hashes the last-known configurations next to this cache refer to (every service using
+        the folder, not only this replica's), or ``None`` when one of them cannot be read."""
+        keep: set[str] = set()
+        for file in sorted(self.root.parent.glob("service-*.json")):
+            try:
+                config = orjson.loads(file.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                return None  # cannot tell what it needs: remove nothing
+            for endpoint in config.get("endpoints") or []:
+                model = endpoint.get("model") or {}
+                for ref in (model.get("artifact"), endpoint.get("preprocess")):
+                    if isinstance(ref, dict) and ref.get("sha256"):
+                        keep.add(str(ref["sha256"]))
+        return keep
+
+    def prune_unreferenced(self, min_age_s: float) -> list[str]:
+        """Remove blobs no last-known configuration refers to, once older than ``min_age_s``.
+
+        The last-known copies are what a replica restarts from while the control plane is
+        down, so whatever they name stays; a rollback to a removed version downloads again.
+        """
+        keep = self.referenced()
+        if keep is None:
+            return []
+        removed = self.prune(keep, min_age_s)
+        if removed:
+            log.info("artifact cache: removed %d blob(s) no configuration refers to", len(removed))
+        return removed
 
     def prune(self, keep: set[str], min_age_s: float = 0.0) -> list[str]:
         """Remove cached blobs whose hash is not in ``keep``; returns the hashes removed.

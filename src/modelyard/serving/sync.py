@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -75,6 +75,8 @@ class ConfigSync:
         self._report_refused: int | None = None
         """The status of the last refused report, so each distinct refusal is logged once."""
         self._filter_warned: int | None = None
+        self.after_save: Callable[[], None] | None = None
+        """Called after a new revision's last-known copy is saved (the cache prunes then)."""
         table.on_change = self._report_wanted.set
 
     # -- last-known copy ---------------------------------------------------------------------
@@ -158,6 +160,8 @@ class ConfigSync:
                 if config is not None and config.revision != self.table.revision:
                     self._save_last_known(config)
                     self._apply(config)
+                    if self.after_save is not None:
+                        self.after_save()
                 elif config is not None and self.table.config is None:
                     self._apply(config)
                 self.synced.set()
