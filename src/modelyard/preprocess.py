@@ -181,6 +181,8 @@ def _positional_count(fn: Callable[..., Any], hook: str, where: str) -> int:
 
 def _adapt(fn: Callable[..., Any], count: int, is_async: bool) -> Callable[..., Any]:
     """A callable taking ``(data, state, collect)`` that forwards the first ``count`` arguments."""
+    if count == 3:
+        return fn  # the full contract: no wrapper on the request path
     if is_async:
 
         async def call_async(*args: Any) -> Any:

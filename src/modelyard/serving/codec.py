@@ -7,6 +7,7 @@ refused after inflating at most ``limit + 1`` bytes, never whole.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,6 +67,7 @@ async def read_body(chunks: AsyncIterator[bytes], *, limit: int, content_encodin
     return b"".join(out)
 
 
+@functools.lru_cache(maxsize=256)  # a handful of distinct values in practice; bounded anyway
 def is_json_type(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() in JSON_TYPES
 
