@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from modelyard.metrics import FLUSH_INTERVAL_S
 from tests.monitoring.tools import samples, value
 from tests.servers import free_port
 from tests.serving.helpers import PREPROCESS_XY, Api, train_sklearn, wait_for
@@ -106,12 +108,16 @@ def test_one_scrape_sees_the_sum_over_workers(running: Running, tmp_path: Path) 
     replicas = {httpx.get(f"{running.url}/status").json()["replica"] for _ in range(40)}
     assert len(replicas) == 2, replicas  # two processes answer
 
+    # a worker moves its buffered request metrics into the shared files every FLUSH_INTERVAL_S
+    # (its own scrapes flush at once): past that, any worker's scrape sees every worker's requests
+    time.sleep(3 * FLUSH_INTERVAL_S)
     before = value(running.metrics(), "modelyard_requests_total", endpoint="iris", code="200")
     custom_before = value(running.metrics(), "modelyard_custom_x0_count", endpoint="iris")
     sent = 150
     for i in range(sent):
         response = httpx.post(f"{running.url}/serve/iris/1", json={"x0": i % 3, "x1": 2})
         assert response.status_code == 200
+    time.sleep(3 * FLUSH_INTERVAL_S)
     scrapes = [running.metrics() for _ in range(8)]  # new connections, answered by either worker
     totals = {value(m, "modelyard_requests_total", endpoint="iris", code="200") for m in scrapes}
     assert totals == {before + sent}, totals

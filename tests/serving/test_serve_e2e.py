@@ -294,3 +294,25 @@ def test_health_and_status(server: Server) -> None:
     assert status["revision"] >= 1
     assert [e["key"] for e in status["endpoints"]] == ["iris/1"]
     assert status["endpoints"][0]["state"] == "ready"
+    # a small sklearn model: measured fast, so after a streak of calls its chain runs inline.
+    # (A generous per-endpoint limit: under pytest, whose warning filters sklearn re-installs on
+    # every call, the same chain costs several times what it costs in a server.)
+    model_id = server.sklearn_endpoint("quick")
+    server.api.endpoint(
+        endpoint="quick",
+        version="1",
+        engine="sklearn",
+        model_id=model_id,
+        preprocess=server.api.code(PREPROCESS_XY),
+        options={"inline_max_ms": 25},
+    )
+
+    def placement() -> dict[str, Any] | None:
+        for _ in range(10):
+            assert served(server, "/serve/quick/1")
+        entries = httpx.get(f"{server.url}/status").json()["endpoints"]
+        found = next(e for e in entries if e["key"] == "quick/1").get("placement")
+        return found if found and found["inline"] else None
+
+    found = wait_for(placement, timeout=30)
+    assert 0 < found["cpu_ms"] < found["inline_max_ms"] == 25 and "cpu_bound" in found

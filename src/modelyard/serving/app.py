@@ -160,6 +160,11 @@ class InferenceApp:
                 snapshot["control_plane_connected"] = self.runtime.sync.connected
                 snapshot["endpoint_filter"] = self.runtime.sync.endpoint_filter  # empty: all
                 snapshot["canaries"] = self.dataplane.router.snapshot()
+                loaded_now = self.dataplane.table.ready
+                for entry in snapshot["endpoints"]:
+                    loaded = loaded_now.get(entry["key"])
+                    if loaded is not None:  # where its chain runs, and what it costs (this worker)
+                        entry["placement"] = loaded.placement.snapshot()
                 await send_response(send, 200, orjson.dumps(snapshot))
                 return
         raise NotFound(f"no route for {method} {path}")

@@ -2,14 +2,21 @@
 
 A :class:`Batcher` belongs to one loaded endpoint version whose options ask for
 ``max_batch_size > 1``. Each request waits in a bounded queue; a worker takes up
-to ``max_batch_size`` of them — as soon as that many are queued, or when the
-oldest has waited ``max_batch_delay_ms`` — and hands them to the endpoint's
+to ``max_batch_size`` of them — as soon as the *expected* number is queued, or when
+the oldest has waited ``max_batch_delay_ms`` — and hands them to the endpoint's
 ``run_many`` (pre/post-processing per request, one stacked engine call, per
 request errors). Each request gets its own result back through its own future,
 so answers cannot be crossed, and one bad request fails alone.
 
-While a batch computes, the next one forms, so under load batches grow by
-themselves even with a zero delay. A full queue refuses at once with
+The expected number is the size of the previous batch (at most ``max_batch_size``):
+the requests that came together last time are what comes together next time, so a
+batch leaves as soon as they are in instead of always sitting out the delay, and a
+lone client is not made to wait at all (its batch of one expects one). When fewer
+come, the delay still bounds the wait and the expectation shrinks to what came;
+while a batch computes, the next one forms, so under load batches grow by themselves
+and the expectation with them. Measured on a 50-tree random forest (16 closed-loop
+clients, ``max_batch_size`` 64, delay 2 ms, 2 workers): 1,661 → 3,188 requests/s, p99
+26 → 15 ms (``bench/NOTES.md``). A full queue refuses at once with
 :class:`~modelyard.errors.Overloaded` (503 + Retry-After), never an unbounded
 wait.
 
@@ -117,6 +124,8 @@ class Batcher:
         self._closed = False
         self.batches = 0
         self.batched_requests = 0
+        self.expected = 1
+        """Requests the next batch waits for (besides the delay): the last batch's size."""
 
     @property
     def queued(self) -> int:
@@ -147,7 +156,8 @@ class Batcher:
         assert self._wakeup is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(body, state, collect, future))
-        if len(self._queue) == 1 or len(self._queue) >= self.options.max_batch_size:
+        queued = len(self._queue)
+        if queued == 1 or queued >= min(self.expected, self.options.max_batch_size):
             self._wakeup.set()
         return await future
 
@@ -166,7 +176,8 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             deadline = self._queue[0].enqueued + self.options.max_batch_delay_s
-            while len(self._queue) < self.options.max_batch_size:
+            target = min(self.expected, self.options.max_batch_size)
+            while len(self._queue) < target:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -177,6 +188,7 @@ class Batcher:
                     break
             batch = self._take()
             if batch:
+                self.expected = len(batch)
                 return batch
 
     async def _work(self) -> None:

@@ -23,7 +23,13 @@ from modelyard.errors import ModelyardError, Unprocessable
 from modelyard.preprocess import UserCode, wrap_user_error
 from modelyard.serving import stacking
 from modelyard.serving.batching import Batcher, BatchObserver, BatchOptions
-from modelyard.serving.inline import InlinePolicy, RunInPool, inline_limit_s
+from modelyard.serving.inline import (
+    InlinePolicy,
+    RunInPool,
+    inline_limit_s,
+    pool_threads,
+    voluntary_switches,
+)
 
 if TYPE_CHECKING:
     from modelyard.metrics import EndpointInstruments
@@ -65,10 +71,16 @@ class LoadedEndpoint:
         engine_sync = engine.runs_sync()
         self._all_sync = engine_sync and not self._pre_async and not self._post_async
         limit_s = inline_limit_s(config.options, inline_max_s)
-        if user is not None and user.calls_endpoints:
+        calls_endpoints = user is not None and user.calls_endpoints
+        if calls_endpoints:
             limit_s = 0.0  # a pipeline's hooks wait on the event loop: never run them on it
         self.placement = InlinePolicy(limit_s)
         """Whether the synchronous chain runs on the event loop or in the pool (measured)."""
+        threads = pool_threads(config.options, calls_endpoints)
+        self._threads_fixed = threads is not None
+        self._slots = asyncio.Semaphore(threads or 1) if threads or not calls_endpoints else None
+        """How many of this version's chains may be in the pool at once (see serving.inline):
+        the ``threads`` option, else one while the chain is measured CPU-bound."""
         batching = BatchOptions.from_options(config.options)
         self.batcher: Batcher | None = None
         """Set when options ask for ``max_batch_size > 1``: requests then run in batches."""
@@ -95,9 +107,20 @@ class LoadedEndpoint:
                     except RunInPool:
                         self.placement.pin_to_pool()
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(
-                    executor or self.executor, self._run_sync, body, state, collect, perf_counter()
-                )
+                slots = self._slots
+                if (
+                    slots is None
+                    or executor is not None
+                    or not (self._threads_fixed or self.placement.cpu_bound)
+                ):
+                    return await loop.run_in_executor(
+                        executor or self.executor, self._run_sync, body, state, collect, perf_counter()
+                    )
+                submitted = perf_counter()
+                async with slots:
+                    return await loop.run_in_executor(
+                        self.executor, self._run_sync, body, state, collect, submitted
+                    )
             return await self._run_async(body, state, collect)
         finally:
             self.inflight -= 1
@@ -108,7 +131,12 @@ class LoadedEndpoint:
         self, body: Any, state: dict[str, Any], collect: CollectFn, submitted: float | None = None
     ) -> Any:
         started = perf_counter()
-        started_cpu = thread_time()
+        placement = self.placement
+        measure = placement.measure()
+        if measure:
+            on_loop = placement.inline
+            started_cpu = thread_time()
+            switches = voluntary_switches() if on_loop else 0
         data = body
         if self._pre is not None:
             try:
@@ -133,7 +161,12 @@ class LoadedEndpoint:
             except Exception as exc:
                 raise wrap_user_error(exc, "postprocess") from None
         finished = perf_counter()
-        self.placement.observe(finished - started, thread_time() - started_cpu)
+        if measure:
+            placement.observe(
+                finished - started,
+                thread_time() - started_cpu,
+                voluntary_switches() - switches if on_loop else 0,
+            )
         inst = self.instruments
         if inst is not None:
             inst.stages(

@@ -6,18 +6,31 @@ one-row scikit-learn ``predict``. For such calls the hop is pure overhead: the m
 holds the GIL anyway, so the pool buys no parallelism. Long calls are another matter:
 on the event loop they would stall every other request (and health checks).
 
-So each endpoint version measures its own ``preprocess → predict → postprocess``. In the
-pool it starts, and there it keeps a moving average of the chain's *thread CPU time*
-(wall time in the pool would also count the GIL waits behind the event loop, and every
-call would look slow under load). After :attr:`InlinePolicy.streak` calls with that
-average under ``limit_s`` it runs on the event loop. There it keeps a moving average of
-the *wall* time, which is what other requests wait: when that rises over the limit (code
-that waits on I/O, a model that got slower) or one call computes over
-:data:`STALL_FACTOR` times the limit, it goes back to the pool and the streak it needs to
-return doubles (up to :data:`MAX_STREAK`), so nothing can keep stalling the loop. A single
-call pre-empted by the OS moves the average a little, not the decision. ``limit_s <= 0``
-keeps everything in the pool. No lock: the counters are only ever nudged, and a stale
-read costs one call on the other path.
+So each endpoint version measures its own ``preprocess → predict → postprocess`` in *thread
+CPU time*: wall time would also count the waits for the GIL behind other threads and the
+moments the OS pre-empts the thread for another process, so on a loaded machine every call
+would look slow. It starts in the pool; after :attr:`InlinePolicy.streak` calls with a moving
+average under :data:`PROBE_FACTOR` times ``limit_s`` (the same chain costs up to twice the CPU
+on a pool thread, with cold caches on another core, as on the loop) it is *tried* on the
+event loop, where its first :data:`PROBE_CALLS` calls are all measured and must average
+under ``limit_s`` for it to stay. There it goes back to the pool, and the
+streak it needs to return doubles (up to :data:`MAX_STREAK`) so nothing can keep stalling the
+loop, when the average CPU time rises over the limit, when one call computes over
+:data:`STALL_FACTOR` times the limit, or when a call *blocked* (the thread gave the CPU up of
+its own accord: a voluntary context switch, read from ``getrusage``, while it was off the CPU
+longer than :data:`BLOCKED_S`), which is code waiting on I/O or a lock, never acceptable on the
+loop. Pre-emption by the OS is an involuntary switch and does not count. Inline calls are
+measured one in :data:`SAMPLE_EVERY` (the measurement costs a few µs). ``limit_s <= 0`` keeps
+everything in the pool. No lock: the counters are only ever nudged, and a stale read costs one
+call on the other path.
+
+In the pool, the chains of one endpoint version run one at a time once they are measured
+*CPU-bound* (an average of :data:`CPU_BOUND_S` or more of CPU a call): parallel Python threads
+of CPU-bound code only take turns at the GIL, and worse, a model that drops the GIL for short
+stretches (a tree ensemble, tree by tree) waits for it back each time — a 50-tree random
+forest served 129 requests/s with six threads at once, 174-223/s one at a time. Chains that
+mostly wait (I/O in a hook) are not limited, nor pipelines (code that calls
+``send_request``); the endpoint's ``threads`` option sets a fixed limit instead.
 
 User code that blocks on the event loop itself (a sync ``self.send_request`` in a
 pipeline) cannot run there: the data plane raises :class:`RunInPool` instead of waiting
@@ -28,20 +41,59 @@ runs twice that one time).
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 from modelyard.errors import ModelLoadError
 
 MAX_STREAK = 1 << 16
 ALPHA = 0.1
-"""Weight of the newest call in the moving average of CPU time (in the pool)."""
-ALPHA_INLINE = 0.02
-"""Weight of the newest call in the moving average of wall time (inline): small, because
-the OS pre-empts a busy 2-core machine's threads for milliseconds now and then."""
+"""Weight of the newest measured call in the moving average of CPU time."""
 STALL_FACTOR = 20.0
 """One inline call computing this many times longer than the limit counts as a stall."""
+BLOCKED_S = 0.002
+"""An inline call that switched out voluntarily and spent this long off the CPU blocked."""
+SAMPLE_EVERY = 4
+"""Inline calls measured: one in this many (pool calls: all)."""
+WARMUP = 3
+"""First calls not measured: imports, lazy initialisation and cold caches are not the model."""
+PROBE_FACTOR = 4.0
+"""Pool average (CPU) under this many times the limit: try the chain on the event loop."""
+PROBE_CALLS = 4
+"""Calls on the event loop measured one by one after a move there, before sampling."""
+CPU_BOUND_S = 0.0005
+"""Average CPU a call from which a version's chains run one at a time in the pool."""
 OPTION = "inline_max_ms"
 """Endpoint option overriding the replica's ``MODELYARD_INLINE_MAX_MS`` for one version."""
+THREADS_OPTION = "threads"
+"""Endpoint option: how many of its synchronous chains may run in the pool at once."""
+
+try:
+    _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD  # Linux
+except AttributeError:  # pragma: no cover - macOS and others: blocking is not detected
+    _RUSAGE_THREAD = None
+
+
+def voluntary_switches() -> int:
+    """Context switches this thread made of its own accord (waiting on I/O, a lock, the GIL)."""
+    if _RUSAGE_THREAD is None:  # pragma: no cover
+        return 0
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
+
+
+def pool_threads(options: dict[str, Any], calls_endpoints: bool) -> int | None:
+    """The ``threads`` option: chains of the version in the pool at once; ``None``: not set
+    (measured: one at a time while CPU-bound, else no limit; pipelines never limited)."""
+    raw = options.get(THREADS_OPTION)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"option {THREADS_OPTION}={raw!r} is not a number") from None
+    if value < 1 or not value.is_integer():
+        raise ModelLoadError(f"option {THREADS_OPTION}={raw!r} must be a whole number of at least 1")
+    return int(value)
 
 
 def inline_limit_s(options: dict[str, Any], default_s: float) -> float:
@@ -68,36 +120,66 @@ class RunInPool(BaseException):
 class InlinePolicy:
     """Per endpoint version: should the next synchronous chain run inline?"""
 
-    __slots__ = ("average", "inline", "limit_s", "seen", "streak")
+    __slots__ = ("average", "calls", "inline", "limit_s", "sample", "seen", "streak")
 
     def __init__(self, limit_s: float, streak: int = 32) -> None:
         self.limit_s = limit_s
         self.streak = max(1, streak)
-        """Calls to observe in the pool (with a low average) before running inline."""
+        """Measured calls with a low average needed in the pool before running inline."""
         self.seen = 0
         self.average = 0.0
-        """Moving average in seconds: thread CPU time in the pool, wall time inline."""
+        """Moving average of the chain's thread CPU time, in seconds."""
         self.inline = False
         """True while chains run on the event loop."""
+        self.sample = 0
+        self.calls = 0
+
+    @property
+    def cpu_bound(self) -> bool:
+        """Measured to compute for :data:`CPU_BOUND_S` or more a call (pool: one at a time)."""
+        return self.seen > 0 and self.average >= CPU_BOUND_S
+
+    def measure(self) -> bool:
+        """Whether to measure the next call: not the first few, then every pool call and one
+        inline call in :data:`SAMPLE_EVERY`."""
+        if self.calls < WARMUP:
+            self.calls += 1
+            return False
+        if not self.inline or self.seen < PROBE_CALLS:
+            return True
+        self.sample += 1
+        return self.sample % SAMPLE_EVERY == 0
 
     def pin_to_pool(self) -> None:
         """Never run inline again (the chain blocks on the event loop)."""
         self.limit_s = 0.0
         self.inline = False
 
-    def observe(self, seconds: float, cpu_seconds: float) -> None:
-        """Record one chain's wall and thread CPU time (on whichever path it ran)."""
+    def observe(self, seconds: float, cpu_seconds: float, switches: int = 0) -> None:
+        """Record one chain's wall time, thread CPU time and voluntary context switches."""
+        self.average = cpu_seconds if self.seen == 0 else self.average + ALPHA * (cpu_seconds - self.average)
+        self.seen += 1
         limit = self.limit_s
         if limit <= 0:
             return
         if self.inline:
-            self.average += ALPHA_INLINE * (seconds - self.average)
-            if self.average > limit or cpu_seconds > STALL_FACTOR * limit:
+            blocked = switches > 0 and seconds - cpu_seconds > BLOCKED_S
+            settled = self.seen >= PROBE_CALLS
+            if blocked or cpu_seconds > STALL_FACTOR * limit or (settled and self.average > limit):
                 self.inline = False  # it held the loop up: back to the pool, harder to return
                 self.seen = 0
                 self.streak = min(self.streak * 2, MAX_STREAK)
             return
-        self.average = cpu_seconds if self.seen == 0 else self.average + ALPHA * (cpu_seconds - self.average)
-        self.seen += 1
-        if self.seen >= self.streak and self.average <= limit:
-            self.inline = True
+        if self.seen >= self.streak and self.average <= PROBE_FACTOR * limit:
+            self.inline = True  # try it where it would run: measured again from scratch
+            self.seen = 0
+            self.sample = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """For ``/status``: where the chain runs and what it costs."""
+        return {
+            "inline": self.inline,
+            "cpu_ms": round(self.average * 1000, 3),
+            "cpu_bound": self.cpu_bound,
+            "inline_max_ms": self.limit_s * 1000,
+        }
