@@ -11,7 +11,10 @@ shut down (lifespan shutdown included) and joins the thread.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -122,3 +125,14 @@ def run_control_plane(settings: Settings, port: int | None = None) -> Iterator[R
     app = create_control_app(settings)
     with run_uvicorn_in_thread(app, port) as url:
         yield RunningControlPlane(url=url, settings=settings)
+
+
+def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """SIGTERM a server started with ``start_new_session=True`` (its workers too); SIGKILL it all
+    if it has not exited within ``timeout`` seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.curl_lines import curl_lines, run_curl_line
-from tests.servers import free_port
+from tests.servers import free_port, stop_process_group
 from tests.serving.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,11 +66,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Cli
             time.sleep(0.3)
         yield url, Cli(env), home
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, 20)
         log.close()
 
 

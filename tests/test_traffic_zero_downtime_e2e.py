@@ -10,7 +10,6 @@ not removed more than the propagation bound before the request was sent.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from modelyard.client import Client
-from tests.servers import free_port
+from tests.servers import free_port, stop_process_group
 from tests.serving.helpers import PREPROCESS_XY, train_sklearn, wait_for
 
 pytestmark = pytest.mark.slow
@@ -54,11 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Clie
         with Client(url=url, token=(home / "token").read_text().strip()) as client:
             yield url, client
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, 20)
         log.close()
 
 

@@ -6,7 +6,6 @@ Also drives ``modelyard metrics add/list/remove`` through the console script.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 
 from modelyard.metrics import FLUSH_INTERVAL_S
 from tests.monitoring.tools import samples, value
-from tests.servers import free_port
+from tests.servers import free_port, stop_process_group
 from tests.serving.helpers import PREPROCESS_XY, Api, train_sklearn, wait_for
 
 MODELYARD = str(Path(sys.executable).with_name("modelyard"))
@@ -65,11 +64,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         wait_for(lambda: _answers(f"{url}/api/health"), timeout=60, interval=0.2)
         yield Running(url, home, env)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, 20)
         log.close()
 
 
@@ -203,9 +198,5 @@ def test_control_plane_with_two_workers_sums_its_api_counts(tmp_path: Path) -> N
         pids = {k.split('pid="')[1].split('"')[0] for k in m if k.startswith("process_resident_memory_bytes")}
         assert len(pids) == 2, pids
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, 20)
         log.close()

@@ -7,7 +7,6 @@ runs on the replica's own event loop beside the HTTP one, as ``modelyard serve -
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from modelyard.server import create_all_in_one_app
 from modelyard.settings import Settings
-from tests.servers import free_port, run_uvicorn_in_thread, wait_for_port
+from tests.servers import free_port, run_uvicorn_in_thread, stop_process_group, wait_for_port
 from tests.serving.helpers import Api, wait_for
 from tests.serving.oip_models import ECHO, mlp_expected, mlp_onnx
 
@@ -374,12 +373,7 @@ def test_serve_with_two_workers_shares_the_grpc_port(tmp_path: Path) -> None:
             finally:
                 client.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_process_group(proc, 30)
     assert _listeners(grpc_port) == 0  # stopped with the workers
 
 

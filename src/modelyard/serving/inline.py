@@ -81,32 +81,36 @@ def voluntary_switches() -> int:
     return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
 
-def pool_threads(options: dict[str, Any], calls_endpoints: bool) -> int | None:
-    """The ``threads`` option: chains of the version in the pool at once; ``None``: not set
-    (measured: one at a time while CPU-bound, else no limit; pipelines never limited)."""
-    raw = options.get(THREADS_OPTION)
+def _number_option(options: dict[str, Any], key: str) -> float | None:
+    """An endpoint option as a number (``None`` when unset); ModelLoadError when it is not one."""
+    raw = options.get(key)
     if raw is None or raw == "":
         return None
     try:
-        value = float(raw)
+        return float(raw)
     except (TypeError, ValueError):
-        raise ModelLoadError(f"option {THREADS_OPTION}={raw!r} is not a number") from None
+        raise ModelLoadError(f"option {key}={raw!r} is not a number") from None
+
+
+def pool_threads(options: dict[str, Any], calls_endpoints: bool) -> int | None:
+    """The ``threads`` option: chains of the version in the pool at once; ``None``: not set
+    (measured: one at a time while CPU-bound, else no limit; pipelines never limited)."""
+    value = _number_option(options, THREADS_OPTION)
+    if value is None:
+        return None
     if value < 1 or not value.is_integer():
+        raw = options[THREADS_OPTION]
         raise ModelLoadError(f"option {THREADS_OPTION}={raw!r} must be a whole number of at least 1")
     return int(value)
 
 
 def inline_limit_s(options: dict[str, Any], default_s: float) -> float:
     """The version's inline limit in seconds: its ``inline_max_ms`` option, else the default."""
-    raw = options.get(OPTION)
-    if raw is None or raw == "":
+    value = _number_option(options, OPTION)
+    if value is None:
         return default_s
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ModelLoadError(f"option {OPTION}={raw!r} is not a number") from None
     if not value >= 0:
-        raise ModelLoadError(f"option {OPTION}={raw!r} must be at least 0")
+        raise ModelLoadError(f"option {OPTION}={options[OPTION]!r} must be at least 0")
     return value / 1000.0
 
 
