@@ -292,21 +292,15 @@ class Load:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, pg_database_url: str) -> Iterator[Stack]:
-    rc = redis.Redis.from_url(REDIS_URL)
-    try:
-        rc.ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
+def stack(tmp_path: Path, pg_database_url: str, rclient: redis.Redis) -> Iterator[Stack]:
     s = Stack(tmp_path, pg_database_url, f"test-scaleout-{uuid.uuid4().hex[:12]}")
     try:
         yield s
     finally:
         s.close()
-        keys = list(rc.scan_iter(match=f"{s.stream}*", count=1000))
+        keys = list(rclient.scan_iter(match=f"{s.stream}*", count=1000))
         if keys:
-            rc.delete(*keys)
-        rc.close()
+            rclient.delete(*keys)
 
 
 def queue_switch(out: OutputQueue, load: Load, version: int, since: float) -> tuple[dict[str, float], int]:

@@ -10,17 +10,6 @@ import redis
 
 
 @pytest.fixture
-def rclient(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis at {redis_url}")
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def stream(rclient: redis.Redis) -> Iterator[str]:
     """A fresh stream name; every key starting with it is deleted after the test."""
     name = f"test-queue-{uuid.uuid4().hex[:12]}"
