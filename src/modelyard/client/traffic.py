@@ -1,6 +1,6 @@
 """The SDK's traffic methods: canary / A-B routing endpoints and auto-deploy rules.
 
-A mixin of :class:`modelyard.client.Client` (kept apart so each file stays one subject)::
+Part of :class:`modelyard.client.Client`::
 
     client.add_canary("default", "iris_canary", weights=[0.1, 0.9], targets=["iris/2", "iris/1"])
     client.add_auto_deploy("default", "iris_auto", engine="sklearn", name="iris.*", project="demo",
@@ -14,18 +14,11 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from modelyard.client.repository import RepositoryCalls
 
-class TrafficMixin:
-    """Canary and auto-deploy calls; relies on the client's ``_api``/``_api_response``."""
 
-    def _api(self, method: str, path: str, **kwargs: Any) -> Any:  # provided by Client
-        raise NotImplementedError
-
-    def _api_response(self, method: str, path: str, *, if_revision: int | None = None, **kwargs: Any) -> Any:
-        raise NotImplementedError
-
-    def _preprocess_ref(self, preprocess: Any) -> dict[str, Any] | None:
-        raise NotImplementedError
+class TrafficCalls(RepositoryCalls):
+    """Canary and auto-deploy calls."""
 
     # -- canaries ----------------------------------------------------------------------------
 
