@@ -57,7 +57,7 @@ def read_load(metrics_dir: str | Path, now: float | None = None) -> LoadSample:
     """Sum the in-flight gauge and the request-time total over every worker's files."""
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from modelyard.metrics import prune_dead_workers
+    from modelyard.metrics_multiprocess import prune_dead_workers
 
     path = str(metrics_dir)
     prune_dead_workers(path)

@@ -17,7 +17,7 @@ router's observer), and per-GPU series when NVML starts (:mod:`modelyard.metrics
 
 Hot path: :meth:`Metrics.endpoint` returns an :class:`EndpointInstruments` with every labelled
 child resolved once per endpoint version. Its counters, gauge and histograms are buffered in the
-process (:class:`Tally`, :class:`Spread`: a bisect and an add under one uncontended lock) and
+process (:mod:`modelyard.metrics_buffers`: a bisect and an add under one uncontended lock) and
 moved into the Prometheus values on :meth:`Metrics.flush`: before every collection of this
 process's registry, and every :data:`FLUSH_INTERVAL_S` by a thread when several workers share
 the multiprocess folder (whose mmap-backed values cost ~3 µs per write: ~30 µs a request
@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,8 +45,10 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from modelyard.metrics_buffers import Spread, Tally
 from modelyard.metrics_custom import CustomStatistics
 from modelyard.metrics_gpu import GpuProbe, GpuStatusCollector, probe_gpus
+from modelyard.metrics_multiprocess import WorkerProcessCollector, prune_dead_workers
 
 log = logging.getLogger("modelyard.metrics")
 
@@ -60,70 +60,8 @@ STATES = ("loading", "updating", "ready", "failed")
 STAGES = ("preprocess", "queue", "process", "postprocess")
 ENDPOINT_LABELS = ("service", "endpoint", "version")
 
-_PID_FILE = re.compile(r"_(\d+)\.db$")
 FLUSH_INTERVAL_S = 0.5
 """How often a worker of several moves its buffered request metrics into the shared files."""
-
-
-class Tally:
-    """Adds to one counter or gauge child, kept here until :meth:`flush` (see the module doc)."""
-
-    __slots__ = ("_child", "_lock", "_pending")
-
-    def __init__(self, child: Any, lock: threading.Lock) -> None:
-        self._child = child
-        self._lock = lock
-        self._pending = 0.0
-
-    def inc(self, amount: float = 1.0) -> None:
-        with self._lock:
-            self._pending += amount
-
-    def dec(self, amount: float = 1.0) -> None:
-        with self._lock:
-            self._pending -= amount
-
-    def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, 0.0
-        if pending:
-            self._child.inc(pending)
-
-
-class Spread:
-    """Observations of one histogram child, bucketed here until :meth:`flush`.
-
-    Buckets exactly as ``Histogram.observe`` does (the first upper bound ``>=`` the value),
-    then adds the per-bucket counts and the sum to the child's own values.
-    """
-
-    __slots__ = ("_bounds", "_child", "_counts", "_lock", "_sum")
-
-    def __init__(self, child: Any, lock: threading.Lock) -> None:
-        self._child = child
-        self._lock = lock
-        self._bounds: list[float] = list(child._upper_bounds)
-        self._counts = [0] * len(self._bounds)
-        self._sum = 0.0
-
-    def observe(self, amount: float) -> None:
-        index = bisect_left(self._bounds, amount)
-        with self._lock:
-            if index < len(self._counts):  # NaN lands nowhere, as in Histogram.observe
-                self._counts[index] += 1
-            self._sum += amount
-
-    def flush(self) -> None:
-        with self._lock:
-            counts, total = self._counts, self._sum
-            if not any(counts) and not total:
-                return
-            self._counts, self._sum = [0] * len(counts), 0.0
-        child = self._child
-        child._sum.inc(total)
-        for bucket, count in zip(child._buckets, counts, strict=True):
-            if count:
-                bucket.inc(count)
 
 
 class EndpointInstruments:
@@ -490,61 +428,3 @@ class _FlushFirst(Collector):
     def collect(self) -> Iterable[Metric]:
         self._metrics.flush()
         return []
-
-
-# -- several worker processes --------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def worker_pids(path: str) -> set[int]:
-    """Pids that wrote metric files into the multiprocess folder ``path``."""
-    pids = set()
-    for name in os.listdir(path):
-        match = _PID_FILE.search(name)
-        if match:
-            pids.add(int(match.group(1)))
-    return pids
-
-
-def prune_dead_workers(path: str) -> None:
-    """``mark_process_dead`` for workers that died without shutting down (killed, crashed)."""
-    from prometheus_client.multiprocess import mark_process_dead
-
-    for pid in worker_pids(path):
-        if pid != os.getpid() and not _alive(pid):
-            try:
-                mark_process_dead(pid, path)
-            except OSError:
-                pass
-
-
-class WorkerProcessCollector(Collector):
-    """The client's process metrics (CPU, memory, fds) for every live worker, labelled ``pid``."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def collect(self) -> Iterable[Metric]:
-        from prometheus_client import ProcessCollector
-
-        merged: dict[str, Metric] = {}
-        for pid in sorted(worker_pids(self.path)):
-            if not _alive(pid):
-                continue
-            collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)  # type: ignore[misc]
-            for family in collector.collect():
-                out = merged.get(family.name)
-                if out is None:
-                    out = merged[family.name] = Metric(family.name, family.documentation, family.type)
-                for sample in family.samples:
-                    out.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
-        return list(merged.values())

@@ -36,7 +36,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.control.auth import Auth
 from modelyard.control.plane import ControlPlane
-from modelyard.metrics import REQUEST_BUCKETS, WorkerProcessCollector, prune_dead_workers
+from modelyard.metrics import REQUEST_BUCKETS
+from modelyard.metrics_multiprocess import WorkerProcessCollector, prune_dead_workers
 from modelyard.settings import Settings
 
 log = logging.getLogger(__name__)
