@@ -348,6 +348,12 @@ def test_endpoint_bad_flags_are_clear_errors(run_cli: CliHarness, model_file: Pa
         ok=False,
     )
     assert "no-such-engine" in engine.stderr
+    for verb in ("add", "update"):
+        verb_base = ("endpoint", verb, "--endpoint", "iris", "--engine", "sklearn", "--model-id", model_id)
+        both = run_cli(*verb_base, "--name", "iris", ok=False)
+        assert "not both" in both.stderr and "--model-id" in both.stderr
+        no_code = run_cli(*verb_base, "--preprocess", str(model_file.parent / "nope.py"), ok=False)
+        assert "nope.py" in no_code.stderr and "does not exist" in no_code.stderr
 
 
 def test_endpoint_update_list_remove(run_cli: CliHarness, client: Client, model_file: Path) -> None:

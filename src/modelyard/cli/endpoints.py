@@ -106,6 +106,23 @@ def model_query(
     return query or None
 
 
+def _checked_model_query(
+    model_id: str | None,
+    name: str | None,
+    project: str | None,
+    tags: list[str] | None,
+    published: bool,
+    preprocess: Path | None,
+) -> dict[str, Any] | None:
+    """The model query of the flags, refusing both a model id and a query, or missing code."""
+    query = model_query(name, project, tags, published)
+    if model_id and query:
+        raise common.fail("give either --model-id or --name/--project/--tags/--published, not both")
+    if preprocess is not None and not preprocess.exists():
+        raise common.fail(f"--preprocess {str(preprocess)!r} does not exist")
+    return query
+
+
 def _key(endpoint: str, version: str | None) -> tuple[str, str | None]:
     if version is None and "/" in endpoint:
         ep, _, ver = endpoint.partition("/")
@@ -173,11 +190,7 @@ def add(
 ) -> None:
     """Add (or replace) an endpoint version serving a model."""
     endpoint, version = _key(endpoint, version)
-    query = model_query(name, project, tags, published)
-    if model_id and query:
-        raise common.fail("give either --model-id or --name/--project/--tags/--published, not both")
-    if preprocess is not None and not preprocess.exists():
-        raise common.fail(f"--preprocess {str(preprocess)!r} does not exist")
+    query = _checked_model_query(model_id, name, project, tags, published, preprocess)
     inputs = build_tensors("input", input_name, input_type, input_size) or []
     outputs = build_tensors("output", output_name, output_type, output_size) or []
     svc = common.resolve_service(service)
@@ -233,11 +246,7 @@ def update(
     --option and --aux are merged into the current ones (key= with an empty value removes it).
     """
     endpoint, version = _key(endpoint, version)
-    query = model_query(name, project, tags, published)
-    if model_id and query:
-        raise common.fail("give either --model-id or --name/--project/--tags/--published, not both")
-    if preprocess is not None and not preprocess.exists():
-        raise common.fail(f"--preprocess {str(preprocess)!r} does not exist")
+    query = _checked_model_query(model_id, name, project, tags, published, preprocess)
     svc = common.resolve_service(service)
     with common.client() as c:
         # uploaded once; the merge below may run again if another writer changes the service
