@@ -11,6 +11,8 @@ Each :meth:`UserCode.load` imports the code under a module name of its own, so
 two versions of one endpoint, or a hot reload beside the old copy, never share
 module globals, class attributes or ``sys.modules`` entries; :meth:`UserCode.unload`
 removes them again. Nothing here knows of HTTP: ``send_request`` is injected.
+How each hook is called lives in :mod:`modelyard.preprocess_hooks`, unpacking a code
+folder in :mod:`modelyard.preprocess_archive`.
 """
 
 from __future__ import annotations
@@ -29,13 +31,23 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from modelyard.config import EndpointConfig, TensorSpec
-from modelyard.errors import ModelyardError, Unavailable, Unprocessable, UserCodeError
+from modelyard.config import EndpointConfig
+from modelyard.errors import ModelyardError, UserCodeError
+from modelyard.preprocess_archive import find_root, safe_extract
+from modelyard.preprocess_hooks import (
+    ModelEndpoint,
+    adapt,
+    missing_send,
+    positional_count,
+    run_blocking,
+    wrap_user_error,
+)
+
+__all__ = ["HOOKS", "ModelEndpoint", "UserCode", "safe_extract", "wrap_user_error"]
 
 HOOKS = ("load", "preprocess", "process", "postprocess", "unload")
 _counter = itertools.count(1)
@@ -43,189 +55,11 @@ _import_lock = threading.Lock()
 """Guards the brief ``sys.path`` change while a folder package imports its siblings."""
 
 
-@dataclass
-class ModelEndpoint:
-    """What ``self.model_endpoint`` shows user code; clearml-serving's names are aliases."""
-
-    endpoint: str
-    version: str
-    engine: str
-    inputs: list[TensorSpec] = field(default_factory=list)
-    outputs: list[TensorSpec] = field(default_factory=list)
-    auxiliary_cfg: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-    model_id: str | None = None
-    model_name: str | None = None
-
-    @classmethod
-    def from_config(cls, config: EndpointConfig) -> ModelEndpoint:
-        return cls(
-            endpoint=config.endpoint,
-            version=config.version,
-            engine=config.engine,
-            inputs=list(config.inputs),
-            outputs=list(config.outputs),
-            auxiliary_cfg=copy.deepcopy(config.auxiliary),
-            options=copy.deepcopy(config.options),
-            model_id=config.model.id if config.model else None,
-            model_name=config.model.name if config.model else None,
-        )
-
-    # clearml-serving's names for the same things
-    @property
-    def serving_url(self) -> str:
-        return self.endpoint
-
-    @property
-    def engine_type(self) -> str:
-        return self.engine
-
-    @property
-    def input_name(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def input_type(self) -> list[str | None]:
-        return [t.dtype for t in self.inputs]
-
-    @property
-    def input_size(self) -> list[list[int] | None]:
-        return [t.shape for t in self.inputs]
-
-    @property
-    def output_name(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-    @property
-    def output_type(self) -> list[str | None]:
-        return [t.dtype for t in self.outputs]
-
-    @property
-    def output_size(self) -> list[list[int] | None]:
-        return [t.shape for t in self.outputs]
-
-
-def wrap_user_error(exc: BaseException, hook_name: str) -> Unprocessable:
-    """The error a request gets when a user hook raised: ``preprocess raised ValueError: ...``."""
-    text = str(exc).strip()
-    if len(text) > 500:
-        text = text[:497] + "..."
-    message = f"{hook_name} raised {type(exc).__name__}" + (f": {text}" if text else "")
-    err = Unprocessable(message)
-    err.__cause__ = exc
-    return err
-
-
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar archive, refusing absolute paths, ``..`` members, links and devices."""
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
-                parts = Path(m.name).parts
-                if m.name.startswith(("/", "\\")) or Path(m.name).is_absolute() or ".." in parts:
-                    raise UserCodeError(f"archive {archive.name!r}: unsafe member path {m.name!r}")
-                if not (m.isfile() or m.isdir()):
-                    raise UserCodeError(
-                        f"archive {archive.name!r}: member {m.name!r} is a link or special file"
-                    )
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, members=members, filter="data")
-            else:  # pragma: no cover - Python < 3.11.4
-                tar.extractall(dest, members=members)
-    except (tarfile.TarError, OSError) as exc:
-        raise UserCodeError(f"cannot extract preprocess archive {archive.name!r}: {exc}") from exc
-
-
-def _find_root(folder: Path) -> Path:
-    """The package folder (with ``__init__.py``) or single ``.py`` file in an extracted archive."""
-    if (folder / "__init__.py").is_file():
-        return folder
-    entries = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-    dirs = [p for p in entries if p.is_dir()]
-    if len(entries) == 1 and dirs and (dirs[0] / "__init__.py").is_file():
-        return dirs[0]
-    py_files = [p for p in entries if p.suffix == ".py"]
-    if len(py_files) == 1 and not dirs:
-        return py_files[0]
-    raise UserCodeError(
-        f"preprocess folder {folder.name!r} has no __init__.py (a folder must be a Python package)"
-    )
-
-
 class _NoCacheLoader(importlib.machinery.SourceFileLoader):
     """Never reads or writes ``.pyc``: a hot-reloaded file of equal size and mtime is not stale."""
 
     def path_stats(self, path: str) -> Any:
         raise OSError("bytecode cache disabled")
-
-
-def _positional_count(fn: Callable[..., Any], hook: str, where: str) -> int:
-    """How many of ``(data, state, collect)`` the bound hook takes (clearml is lenient here too)."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return 3
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return 3
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p for p in positional if p.default is p.empty]
-    limit = {"load": 1, "unload": 0}.get(hook, 3)
-    if len(required) > limit:
-        raise UserCodeError(
-            f"preprocess code {where}: Preprocess.{hook} takes {len(required)} required "
-            f"arguments, at most {limit} are passed"
-        )
-    return min(len(positional), limit)
-
-
-def _adapt(fn: Callable[..., Any], count: int, is_async: bool) -> Callable[..., Any]:
-    """A callable taking ``(data, state, collect)`` that forwards the first ``count`` arguments."""
-    if count == 3:
-        return fn  # the full contract: no wrapper on the request path
-    if is_async:
-
-        async def call_async(*args: Any) -> Any:
-            return await fn(*args[:count])
-
-        return call_async
-
-    def call(*args: Any) -> Any:
-        return fn(*args[:count])
-
-    return call
-
-
-def _run_blocking(result: Any) -> Any:
-    """Resolve a coroutine from an async ``load``/``unload`` in a thread that may have no loop."""
-    if not inspect.isawaitable(result):
-        return result
-
-    async def wait() -> Any:
-        return await result
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(wait())
-    box: dict[str, Any] = {}
-
-    def runner() -> None:
-        try:
-            box["value"] = asyncio.run(wait())
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=runner, name="modelyard-usercode")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def _missing_send(*args: Any, **kwargs: Any) -> Any:
-    raise Unavailable("send_request is not available here (no data plane attached)")
 
 
 def _mentions(source: Path, word: str) -> bool:
@@ -294,7 +128,7 @@ class UserCode:
             tmpdir = Path(tempfile.mkdtemp(prefix="modelyard-usercode-"))
             try:
                 safe_extract(path, tmpdir)
-                source = _find_root(tmpdir)
+                source = find_root(tmpdir)
             except BaseException:
                 shutil.rmtree(tmpdir, ignore_errors=True)
                 raise
@@ -406,8 +240,8 @@ class UserCode:
         klass = getattr(self.module, "Preprocess", None)
         if klass is None or not callable(klass):
             raise UserCodeError(f"preprocess code {self.display!r} defines no class named 'Preprocess'")
-        sync_send = send_request or _missing_send
-        async_send = async_send_request or _missing_send
+        sync_send = send_request or missing_send
+        async_send = async_send_request or missing_send
         # clearml-serving's custom_async engine swaps send_request for the awaitable one.
         primary = async_send if self.config.engine == "custom_async" else sync_send
         attrs: dict[str, Any] = {
@@ -443,8 +277,8 @@ class UserCode:
             if fn is None or not callable(fn):
                 continue
             is_async = inspect.iscoroutinefunction(fn)
-            count = _positional_count(fn, hook, repr(self.display))
-            self._hooks[hook] = _adapt(fn, count, is_async)
+            count = positional_count(fn, hook, repr(self.display))
+            self._hooks[hook] = adapt(fn, count, is_async)
             self._async[hook] = is_async
             self._counts[hook] = count
         self.preprocess = self._hooks.get("preprocess")
@@ -510,7 +344,7 @@ class UserCode:
             return self.model
         arg = str(local_file_name) if local_file_name is not None else None
         try:
-            result = _run_blocking(self._hooks["load"](arg))
+            result = run_blocking(self._hooks["load"](arg))
         except ModelyardError:
             raise
         except Exception as exc:
@@ -533,7 +367,7 @@ class UserCode:
         self._unloaded = True
         try:
             if "unload" in self._hooks:
-                _run_blocking(self._hooks["unload"]())
+                run_blocking(self._hooks["unload"]())
         except Exception:  # a failing unload must not keep the old version alive
             pass
         finally:
