@@ -35,7 +35,8 @@ import numpy as np
 
 from modelyard.engines.base import CollectFn, Engine
 from modelyard.errors import InvalidInput, ModelLoadError, Unavailable, Unprocessable
-from modelyard.serving.oip_tensors import DATATYPES, datatype_of, encode_infer_request, parse_infer_response
+from modelyard.serving.oip_encoding import encode_infer_request
+from modelyard.serving.oip_tensors import DATATYPES, datatype_of, parse_infer_response
 
 GRPC_UNAVAILABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
 """gRPC codes that mean "the remote server could not answer now" (HTTP: a connection error)."""

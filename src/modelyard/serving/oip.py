@@ -45,14 +45,13 @@ from modelyard.config import split_endpoint_key
 from modelyard.errors import BadRequest, ModelyardError, NotFound, PayloadTooLarge, Unavailable
 from modelyard.serving.codec import encode_json, read_body
 from modelyard.serving.endpoint import LoadedEndpoint
+from modelyard.serving.oip_encoding import encode_infer_response, named_outputs
 from modelyard.serving.oip_repository import Repository
 from modelyard.serving.oip_tensors import (
     InferRequest,
     TensorMeta,
     check_inputs,
     datatype_of,
-    encode_infer_response,
-    named_outputs,
     parse_infer_request,
 )
 

@@ -50,12 +50,12 @@ from tritonclient.grpc import service_pb2_grpc
 from modelyard.errors import ModelyardError, NotFound
 from modelyard.grpc_errors import code_for, error_metadata
 from modelyard.serving.oip import OipFront
+from modelyard.serving.oip_encoding import select_outputs
 from modelyard.serving.oip_grpc_tensors import (
     decode_infer_request,
     encode_infer_response,
     parameters_from_pb,
 )
-from modelyard.serving.oip_tensors import select_outputs
 
 if TYPE_CHECKING:
     from modelyard.serving.runtime import InferenceRuntime

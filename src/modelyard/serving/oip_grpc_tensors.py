@@ -30,13 +30,13 @@ import orjson
 from tritonclient.grpc import service_pb2 as pb
 
 from modelyard.errors import BadRequest, InvalidInput, Unprocessable
+from modelyard.serving.oip_encoding import tensor_bytes
 from modelyard.serving.oip_tensors import (
     DATATYPES,
     InferRequest,
     datatype_of,
     decode_binary_tensor,
     requested_output,
-    tensor_bytes,
 )
 
 CONTENTS_FIELD = {
