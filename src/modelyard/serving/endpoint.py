@@ -478,14 +478,4 @@ def _user_outcome(exc: Exception, hook: str) -> ModelyardError:
     return exc if isinstance(exc, ModelyardError) else wrap_user_error(exc, hook)
 
 
-def _as_outcome(value: Any) -> Any:
-    if isinstance(value, ModelyardError):
-        return value
-    if isinstance(value, BaseException):
-        if not isinstance(value, Exception):
-            raise value
-        return Unprocessable(f"{type(value).__name__}: {value}")
-    return value
-
-
 Loader = Callable[[EndpointConfig], Awaitable[LoadedEndpoint]]
