@@ -43,25 +43,32 @@ def test_tables_and_migrations_agree(database_url: str) -> None:
         db.dispose()
 
 
-def test_concurrent_upgrades_from_many_threads(database_url: str) -> None:
-    """Workers starting together on a fresh database must not trip over each other."""
+def _upgrade_together(url: str, workers: int = 4) -> list[BaseException]:
+    """``workers`` threads open ``url`` and upgrade it at the same moment; what each raised."""
     errors: list[BaseException] = []
+    barrier = threading.Barrier(workers)
 
     def start() -> None:
-        db = Database(database_url)
+        db = Database(url)
         try:
+            barrier.wait()
             upgrade(db)
         except BaseException as exc:
             errors.append(exc)
         finally:
             db.dispose()
 
-    threads = [threading.Thread(target=start) for _ in range(4)]
+    threads = [threading.Thread(target=start) for _ in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    return errors
+
+
+def test_concurrent_upgrades_from_many_threads(database_url: str) -> None:
+    """Workers starting together on a fresh database must not trip over each other."""
+    assert _upgrade_together(database_url) == []
     db = Database(database_url)
     assert current_revision(db) == head_revision()
     db.dispose()
@@ -73,26 +80,7 @@ def test_first_connections_to_a_fresh_sqlite_file_race_without_locking_errors(tm
     The race is narrow, so it is run on many fresh files (it failed about one
     round in twelve before the switch learned to wait).
     """
-    errors: list[BaseException] = []
-    for round_ in range(40):
-        url = f"sqlite:///{tmp_path / f'db{round_}.sqlite'}"
-        barrier = threading.Barrier(4)
-
-        def start(url: str = url, barrier: threading.Barrier = barrier) -> None:
-            db = Database(url)
-            try:
-                barrier.wait()
-                upgrade(db)
-            except BaseException as exc:
-                errors.append(exc)
-            finally:
-                db.dispose()
-
-        threads = [threading.Thread(target=start) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    errors = [e for i in range(40) for e in _upgrade_together(f"sqlite:///{tmp_path / f'db{i}.sqlite'}")]
     assert errors == []
 
 
