@@ -130,7 +130,11 @@ def run_control_plane(settings: Settings, port: int | None = None) -> Iterator[R
 def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
     """SIGTERM a server started with ``start_new_session=True`` (its workers too); SIGKILL it all
     if it has not exited within ``timeout`` seconds."""
-    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # stopped already (a test took it down): reap it
+        proc.wait(timeout)
+        return
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
