@@ -13,18 +13,21 @@ plane) and ``modelyard inference --service executor --workers 1`` (the executor)
 MLP (64 → 256 → 256 → 10; ONNX, or TorchScript with ``--engine pytorch``) as
 
 * ``direct``: in the front's service, batching on in each front worker;
-* ``tiered``: the front's ``triton`` endpoint forwarding to the executor's ``mlp``, batching on
-  in the executor only,
+* ``tiered``: the front's ``triton`` endpoint forwarding each request to the executor's ``mlp``
+  (batching on in the executor only);
+* ``tiered_batched``: the same with batching on in the front's ``triton`` endpoint too, so each
+  front worker forwards one stacked call per batch and the executor merges the workers' batches,
 
 and, for each concurrency, measures requests/s and p50/p99 (one row per OIP binary request,
-closed-loop clients in their own process) and the mean batch size formed (the batch-size
-histogram of the process that batches). Every answer of a warm-up round is checked against
-the model computed here.
+closed-loop clients in their own process) and the mean batch sizes formed (requests per batch
+in the front, and forwarded calls per batch in the executor; from their batch-size
+histograms). Every answer of a warm-up round is checked against the model computed here.
 
     .venv/bin/python bench/executor_tier.py [--workers 2] [--clients 16 64 256] [--seconds 5]
 
-On a CPU machine the tier costs a local HTTP hop per request, which the 2 cores of the
-development machine pay for; its point is a GPU, where one process must own the device.
+On a CPU machine the tier costs a local HTTP hop per forwarded call, which the 2 cores of
+the development machine pay for (batching in the front makes it one hop a batch); its point
+is a GPU, where one process must own the device.
 """
 
 from __future__ import annotations
@@ -149,6 +152,17 @@ def check_answers(url: str, input_name: str, rounds: int = 40) -> None:
         np.testing.assert_allclose(out, mlp_reference(row), rtol=1e-4, atol=1e-4)
 
 
+def mean_batch(before: dict[str, float], after: dict[str, float], endpoint: str) -> str:
+    """Requests per batch of ``endpoint`` between two scrapes (``-``: it did not batch)."""
+    count = value(after, "modelyard_batch_size_count", endpoint=endpoint) - value(
+        before, "modelyard_batch_size_count", endpoint=endpoint
+    )
+    total = value(after, "modelyard_batch_size_sum", endpoint=endpoint) - value(
+        before, "modelyard_batch_size_sum", endpoint=endpoint
+    )
+    return f"{total / count:.1f}" if count else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -177,8 +191,10 @@ def main() -> None:
             lambda: httpx.get(f"{tier.exec_url}/v2/models/mlp/ready").status_code == 200, 120, "executor mlp"
         )
         remote = tier.exec_url if args.protocol == "http" else f"grpc://127.0.0.1:{tier.exec_grpc_port}"
-        tier.endpoint("default", "tiered", "triton", {"url": remote, "model_name": "mlp"}, None)
-        for name in ("direct", "tiered"):
+        forward = {"url": remote, "model_name": "mlp"}
+        tier.endpoint("default", "tiered", "triton", forward, None)
+        tier.endpoint("default", "tiered_batched", "triton", {**forward, **batching}, None)
+        for name in ("direct", "tiered", "tiered_batched"):
             url = f"{tier.url}/v2/models/{name}/infer"
             wait_until(
                 lambda url=url: all(httpx.post(url, content=b"{").status_code == 400 for _ in range(10)),
@@ -191,26 +207,28 @@ def main() -> None:
             f"delay {args.delay_ms:g} ms, {args.seconds:g} s per cell): front `serve --workers "
             f"{args.workers}`, executor `inference --workers 1`, forwarding over {args.protocol}\n"
         )
-        print("| path | clients | req/s | p50 ms | p99 ms | mean batch | errors |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| path | clients | req/s | p50 ms | p99 ms | front batch | executor batch | errors |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         body, headers = oip_request(input_name, "FP32", np.ones((1, 64), dtype=np.float32))
-        for name, batches_at, batched in (("direct", tier.url, "direct"), ("tiered", tier.exec_url, "mlp")):
+        watched = {
+            "direct": [(tier.url, "direct")],
+            "tiered": [(tier.url, "tiered"), (tier.exec_url, "mlp")],
+            "tiered_batched": [(tier.url, "tiered_batched"), (tier.exec_url, "mlp")],
+        }
+        for name, places in watched.items():
             for clients in args.clients:
                 time.sleep(1.0)  # let the workers flush their buffered metrics
-                before = tier.metrics(batches_at)
+                before = [tier.metrics(base) for base, _ in places]
                 stats = load(f"{tier.url}/v2/models/{name}/infer", body, headers, clients, args.seconds)
                 time.sleep(1.0)
-                after = tier.metrics(batches_at)
-                count = value(after, "modelyard_batch_size_count", endpoint=batched) - value(
-                    before, "modelyard_batch_size_count", endpoint=batched
-                )
-                total = value(after, "modelyard_batch_size_sum", endpoint=batched) - value(
-                    before, "modelyard_batch_size_sum", endpoint=batched
-                )
-                mean = f"{total / count:.1f}" if count else "-"
+                means = [
+                    mean_batch(before_one, tier.metrics(base), endpoint)
+                    for before_one, (base, endpoint) in zip(before, places, strict=True)
+                ]
+                front, executor = means[0], (means[1] if len(means) > 1 else "-")
                 print(
                     f"| {name} | {clients} | {stats['rps']:,.0f} | {stats['p50_ms']:.2f} | "
-                    f"{stats['p99_ms']:.2f} | {mean} | {stats['errors']} |",
+                    f"{stats['p99_ms']:.2f} | {front} | {executor} | {stats['errors']} |",
                     flush=True,
                 )
     finally:
