@@ -16,8 +16,8 @@ with the reason, and OIP metadata of this endpoint is the remote model's). Input
 dtypes are cast to the remote model's datatypes. The engine is async (one aiohttp
 connection pool, or one ``grpc.aio`` channel of ``tritonclient.grpc.aio``, on the
 event loop; aiohttp rather than httpx because httpx's async client managed ~350-550
-requests/s against a local server where aiohttp made 3,000-8,700, see
-``bench/executor_tier.py``) and batchable: the dynamic batcher stacks requests into one remote
+requests/s against a local server where aiohttp made 3,000-8,700, see ``bench/NOTES.md``)
+and batchable: the dynamic batcher stacks requests into one remote
 call. Both protocols fail alike: the remote server out of reach or timing out is
 503 (``Unavailable``, retry after 1 s); the remote model refusing the input (HTTP
 4xx; gRPC ``INVALID_ARGUMENT``, ``NOT_FOUND`` and the other caller's-fault codes)
