@@ -78,6 +78,10 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
     raise TimeoutError(what)
 
 
+def _wait_up(url: str, what: str) -> None:
+    wait_until(lambda: httpx.get(url).status_code == 200, 90, f"{what} did not start ({url})")
+
+
 class Tier:
     """The front (``serve``) and the executor (``inference``) processes, and the API."""
 
@@ -89,21 +93,23 @@ class Tier:
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.logs = [open(home.parent / name, "w") for name in ("front.log", "executor.log")]  # noqa: SIM115
         self.procs: list[subprocess.Popen[Any]] = []
-        self._start(["serve", "--port", str(self.front_port), "--workers", str(workers)], self.logs[0])
-        wait_until(lambda: httpx.get(f"{self.url}/api/health").status_code == 200, 90, "front did not start")
-        token = (home / "token").read_text().strip()
-        self.api = httpx.Client(
-            base_url=f"{self.url}/api", headers={"authorization": f"Bearer {token}"}, timeout=60
-        )
-        self.api.post("/services", json={"name": "executor"}).raise_for_status()
-        self._start(
-            ["inference", "--service", "executor", "--control-plane", self.url, "--port", str(self.exec_port),
-             "--grpc-port", str(self.exec_grpc_port), "--workers", "1"],
-            self.logs[1],
-        )  # fmt: skip
-        wait_until(
-            lambda: httpx.get(f"{self.exec_url}/health/live").status_code == 200, 90, "executor did not start"
-        )
+        try:
+            self._start(["serve", "--port", str(self.front_port), "--workers", str(workers)], self.logs[0])
+            _wait_up(f"{self.url}/api/health", "the front")
+            token = (home / "token").read_text().strip()
+            self.api = httpx.Client(
+                base_url=f"{self.url}/api", headers={"authorization": f"Bearer {token}"}, timeout=60
+            )
+            self.api.post("/services", json={"name": "executor"}).raise_for_status()
+            self._start(
+                ["inference", "--service", "executor", "--control-plane", self.url,
+                 "--port", str(self.exec_port), "--grpc-port", str(self.exec_grpc_port), "--workers", "1"],
+                self.logs[1],
+            )  # fmt: skip
+            _wait_up(f"{self.exec_url}/health/live", "the executor")
+        except BaseException:
+            self.close()  # never leave a started server behind
+            raise
 
     def _start(self, args: list[str], log: Any) -> None:
         self.procs.append(
@@ -130,6 +136,8 @@ class Tier:
         return samples(httpx.get(f"{base}/metrics", timeout=10).text)
 
     def close(self) -> None:
+        if hasattr(self, "api"):
+            self.api.close()
         for proc in reversed(self.procs):
             stop_process_group(proc, 20)
         for log in self.logs:
