@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -45,3 +46,17 @@ def collected() -> list[dict[str, Any]]:
 def collect(collected: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
     """A ``collect_custom_statistics_fn`` that records into ``collected``."""
     return collected.append
+
+
+def predict_then_unload(engine: Any, data: Any, collect: Any) -> Any:
+    """One ``predict`` of an async remote engine on a fresh loop, then ``unload`` on that loop
+    (which closes its connection pool or channel there)."""
+
+    async def run() -> Any:
+        try:
+            return await engine.predict(data, {}, collect)
+        finally:
+            engine.unload()
+            await asyncio.sleep(0.05)
+
+    return asyncio.run(run())

@@ -9,7 +9,6 @@ engine's decoding and error mapping for any OIP server are covered.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from tests.engines.conftest import predict_then_unload
 from tests.servers import free_port
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -98,17 +98,6 @@ def _engine(make_config: Any, model: str = "tagger", **options: Any) -> Any:
     return default_engine_registry().create(config, None)
 
 
-def _predict(engine: Any, data: Any, collect: Any) -> Any:
-    async def run() -> Any:
-        try:
-            return await engine.predict(data, {}, collect)
-        finally:
-            engine.unload()  # closes the gRPC channel on this loop
-            await asyncio.sleep(0.05)
-
-    return asyncio.run(run())
-
-
 def test_grpc_scheme_forwards_and_reads_typed_contents(
     remote: tuple[str, Remote], make_config: Any, collect: Any
 ) -> None:
@@ -121,7 +110,7 @@ def test_grpc_scheme_forwards_and_reads_typed_contents(
     assert meta["inputs"][0] == {"name": "x", "datatype": "FP32", "shape": [-1, 2]}
     # float64 JSON-ish input is cast to the remote FP32; str tags go as BYTES
     data = {"x": [[1.0, 2.5], [-3.0, 0.0]], "tag": np.array(["a", "h\u00e9"])}
-    out = _predict(engine, data, collect)
+    out = predict_then_unload(engine, data, collect)
     np.testing.assert_array_equal(out["double"], np.array([[2.0, 5.0], [-6.0, 0.0]], np.float32))
     assert out["double"].dtype == np.float32
     assert out["tag"].tolist() == [b"a", "h\u00e9".encode()]
@@ -138,7 +127,8 @@ def test_protocol_option_with_a_bare_address(
     address, _ = remote
     engine = _engine(make_config, url=address, protocol="grpc")
     engine.load()
-    out = _predict(engine, {"x": np.ones((1, 2), np.float32), "tag": np.array([b"z"], object)}, collect)
+    data = {"x": np.ones((1, 2), np.float32), "tag": np.array([b"z"], object)}
+    out = predict_then_unload(engine, data, collect)
     np.testing.assert_array_equal(out["double"], [[2.0, 2.0]])
 
 
@@ -156,15 +146,15 @@ def test_remote_errors_map_like_the_http_path(
         engine = _engine(make_config, model=model, url=f"grpc://{address}")
         engine.load()
         with pytest.raises(error, match=message) as info:
-            _predict(engine, data, collect)
+            predict_then_unload(engine, data, collect)
         if error is Unavailable:
             assert info.value.retry_after == 1  # type: ignore[attr-defined]
     engine = _engine(make_config, url=f"grpc://{address}")
     engine.load()
     with pytest.raises(InvalidInput, match="remote model 'tagger' has no input 'nope'"):
-        _predict(engine, {"nope": np.ones(1)}, collect)
+        predict_then_unload(engine, {"nope": np.ones(1)}, collect)
     with pytest.raises(InvalidInput, match=r"input 'tag' for remote model 'tagger'.*BYTES"):
-        _predict(engine, {"x": np.ones((1, 2)), "tag": np.array([1, 2])}, collect)
+        predict_then_unload(engine, {"x": np.ones((1, 2)), "tag": np.array([1, 2])}, collect)
 
 
 def test_load_failures_say_why(remote: tuple[str, Remote], make_config: Any) -> None:

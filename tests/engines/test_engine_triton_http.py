@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from tests.engines.conftest import predict_then_unload
 from tests.servers import free_port, run_uvicorn_in_thread
 
 from modelyard.engines.registry import default_engine_registry
@@ -69,24 +70,13 @@ def _engine(make_config: Any, url: str, model: str, **options: Any) -> Any:
     return engine
 
 
-def _predict(engine: Any, data: Any, collect: Any) -> Any:
-    async def run() -> Any:
-        try:
-            return await engine.predict(data, {}, collect)
-        finally:
-            engine.unload()  # closes the aiohttp session on this loop
-            await asyncio.sleep(0.05)
-
-    return asyncio.run(run())
-
-
 @pytest.mark.parametrize("binary", ["true", "false"])
 def test_http_forwards_binary_or_json_and_reads_json_outputs(
     remote_url: str, make_config: Any, collect: Any, binary: str
 ) -> None:
     engine = _engine(make_config, remote_url, "double", binary=binary)
     assert engine.metadata()["platform"] == "remote:test_http"
-    out = _predict(engine, [[1.0, 2.5], [-3.0, 0.0]], collect)
+    out = predict_then_unload(engine, [[1.0, 2.5], [-3.0, 0.0]], collect)
     np.testing.assert_array_equal(out["double"], np.array([[2.0, 5.0], [-6.0, 0.0]], np.float32))
 
 
@@ -94,20 +84,20 @@ def test_http_refusal_is_invalid_input_naming_the_remote_model(
     remote_url: str, make_config: Any, collect: Any
 ) -> None:
     with pytest.raises(InvalidInput, match=r"'refuses' refused the input: x must be positive"):
-        _predict(_engine(make_config, remote_url, "refuses"), [[1.0, 2.0]], collect)
+        predict_then_unload(_engine(make_config, remote_url, "refuses"), [[1.0, 2.0]], collect)
 
 
 def test_http_server_error_is_unprocessable_with_its_body(
     remote_url: str, make_config: Any, collect: Any
 ) -> None:
     with pytest.raises(Unprocessable, match=r"'broken' answered 500: boom"):
-        _predict(_engine(make_config, remote_url, "broken"), [[1.0, 2.0]], collect)
+        predict_then_unload(_engine(make_config, remote_url, "broken"), [[1.0, 2.0]], collect)
 
 
 def test_http_timeout_is_unavailable(remote_url: str, make_config: Any, collect: Any) -> None:
     engine = _engine(make_config, remote_url, "slow", timeout_s=0.3)
     with pytest.raises(Unavailable, match=r"failed: no answer within 0.3 s") as info:
-        _predict(engine, [[1.0, 2.0]], collect)
+        predict_then_unload(engine, [[1.0, 2.0]], collect)
     assert info.value.retry_after == 1
 
 
@@ -115,7 +105,7 @@ def test_http_remote_gone_after_load_is_unavailable(make_config: Any, collect: A
     with run_uvicorn_in_thread(remote_app) as url:
         engine = _engine(make_config, url, "double")
     with pytest.raises(Unavailable, match=r"remote OIP server http://127\.0\.0\.1:\d+ failed"):
-        _predict(engine, [[1.0, 2.0]], collect)
+        predict_then_unload(engine, [[1.0, 2.0]], collect)
 
 
 def test_http_load_fails_on_an_unreachable_server(make_config: Any) -> None:

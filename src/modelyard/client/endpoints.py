@@ -63,19 +63,17 @@ class EndpointCalls(RepositoryCalls):
         body: dict[str, Any] = {
             "endpoint": endpoint,
             "version": version or "",
-            "engine": engine,
-            "inputs": tensor_dicts(inputs),
-            "outputs": tensor_dicts(outputs),
-            "options": dict(options or {}),
-            "auxiliary": dict(auxiliary or {}),
+            **self._endpoint_fields(
+                engine=engine,
+                model_id=model_id,
+                model_query=model_query,
+                preprocess=preprocess,
+                inputs=inputs,
+                outputs=outputs,
+                options=options or {},
+                auxiliary=auxiliary or {},
+            ),
         }
-        if model_id is not None:
-            body["model_id"] = model_id
-        if model_query is not None:
-            body["model_query"] = dict(model_query)
-        ref = self._preprocess_ref(preprocess)
-        if ref is not None:
-            body["preprocess"] = ref
         answer, _ = self._api_response(
             "POST", f"/services/{service}/endpoints", json=body, if_revision=if_revision
         )
@@ -103,6 +101,35 @@ class EndpointCalls(RepositoryCalls):
         :class:`~modelyard.errors.RevisionConflict`); :meth:`modify_endpoint` reads, changes and
         writes with it, retrying.
         """
+        body = self._endpoint_fields(
+            engine=engine,
+            model_id=model_id,
+            model_query=model_query,
+            preprocess=preprocess,
+            inputs=inputs,
+            outputs=outputs,
+            options=options,
+            auxiliary=auxiliary,
+        )
+        key = endpoint_key(endpoint, version)
+        answer, _ = self._api_response(
+            "PATCH", f"/services/{service}/endpoints/{key}", json=body, if_revision=if_revision
+        )
+        return answer
+
+    def _endpoint_fields(
+        self,
+        *,
+        engine: str | None,
+        model_id: str | None,
+        model_query: Mapping[str, Any] | None,
+        preprocess: str | os.PathLike[str] | Mapping[str, Any] | None,
+        inputs: Iterable[TensorSpec | Mapping[str, Any]] | None,
+        outputs: Iterable[TensorSpec | Mapping[str, Any]] | None,
+        options: Mapping[str, Any] | None,
+        auxiliary: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The API body of the given endpoint fields (``None``: not sent); code is uploaded first."""
         body: dict[str, Any] = {}
         if engine is not None:
             body["engine"] = engine
@@ -121,11 +148,7 @@ class EndpointCalls(RepositoryCalls):
             body["options"] = dict(options)
         if auxiliary is not None:
             body["auxiliary"] = dict(auxiliary)
-        key = endpoint_key(endpoint, version)
-        answer, _ = self._api_response(
-            "PATCH", f"/services/{service}/endpoints/{key}", json=body, if_revision=if_revision
-        )
-        return answer
+        return body
 
     def modify_endpoint(
         self,

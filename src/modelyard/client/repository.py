@@ -49,6 +49,25 @@ def pack_folder(folder: Path, dest: Path) -> Path:
     return dest
 
 
+def _model_body(
+    name: str,
+    project: str,
+    framework: str,
+    tags: Sequence[str],
+    publish: bool,
+    metadata: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The fields every model registration sends (the artifact or URL is added by the caller)."""
+    return {
+        "name": name,
+        "project": project,
+        "framework": framework,
+        "tags": list(tags),
+        "published": publish,
+        "metadata": dict(metadata or {}),
+    }
+
+
 class RepositoryCalls(ApiClient):
     """Artifacts and models; also uploads the preprocess code other calls bind to endpoints."""
 
@@ -161,16 +180,8 @@ class RepositoryCalls(ApiClient):
     ) -> dict[str, Any]:
         """Upload a model file (or folder) and register it; returns the new Model."""
         artifact = self.upload_file(path, progress=progress)
-        body: dict[str, Any] = {
-            "name": name,
-            "project": project,
-            "framework": framework,
-            "artifact_sha256": artifact["sha256"],
-            "filename": artifact["filename"],
-            "tags": list(tags),
-            "published": publish,
-            "metadata": dict(metadata or {}),
-        }
+        body = _model_body(name, project, framework, tags, publish, metadata)
+        body.update(artifact_sha256=artifact["sha256"], filename=artifact["filename"])
         if artifact["kind"] == "folder":
             body["kind"] = "folder"
         return self._api("POST", "/models", json=body)
@@ -187,15 +198,7 @@ class RepositoryCalls(ApiClient):
         filename: str | None = None,
     ) -> dict[str, Any]:
         """Register a remote file (http(s)://, s3://, gs://, az://, or a path the server reads)."""
-        body: dict[str, Any] = {
-            "name": name,
-            "project": project,
-            "framework": framework,
-            "url": url,
-            "tags": list(tags),
-            "published": publish,
-            "metadata": dict(metadata or {}),
-        }
+        body = {**_model_body(name, project, framework, tags, publish, metadata), "url": url}
         if filename:
             body["filename"] = filename
         return self._api("POST", "/models", json=body)

@@ -97,6 +97,20 @@ def _json_data(arr: np.ndarray, datatype: str, name: str) -> Any:
     return flat
 
 
+def _encode_tensor(
+    name: str, arr: np.ndarray, datatype: str, binary: bool, parts: list[Any]
+) -> dict[str, Any]:
+    """One tensor's JSON entry; as binary, its bytes go to ``parts`` (to follow the header)."""
+    tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+    if binary:
+        chunk = _binary(arr, datatype)
+        tensor["parameters"] = {"binary_data_size": sum(len(p) for p in chunk)}
+        parts.extend(chunk)
+    else:
+        tensor["data"] = _json_data(arr, datatype, name)
+    return tensor
+
+
 def select_outputs(
     outputs: dict[str, np.ndarray], request: InferRequest, model_name: str
 ) -> list[tuple[str, bool]]:
@@ -136,15 +150,7 @@ def encode_infer_response(
     binary: list[Any] = []
     for name, as_binary in selected:
         arr = outputs[name]
-        datatype = datatype_of(arr.dtype)
-        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
-        if as_binary:
-            parts = _binary(arr, datatype)
-            tensor["parameters"] = {"binary_data_size": sum(len(p) for p in parts)}
-            binary.extend(parts)
-        else:
-            tensor["data"] = _json_data(arr, datatype, name)
-        tensors.append(tensor)
+        tensors.append(_encode_tensor(name, arr, datatype_of(arr.dtype), as_binary, binary))
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         response["id"] = request.id
@@ -170,14 +176,7 @@ def encode_infer_request(
     for name, value in inputs.items():
         arr = _as_array(value, name)
         datatype = (datatypes or {}).get(name) or datatype_of(arr.dtype)
-        tensor: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": datatype}
-        if binary:
-            chunk = _binary(arr, datatype)
-            tensor["parameters"] = {"binary_data_size": sum(len(p) for p in chunk)}
-            parts.extend(chunk)
-        else:
-            tensor["data"] = _json_data(arr, datatype, name)
-        tensors.append(tensor)
+        tensors.append(_encode_tensor(name, arr, datatype, binary, parts))
     request: dict[str, Any] = {"inputs": tensors}
     if outputs is not None:
         request["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in outputs]
