@@ -109,8 +109,10 @@ class Stack:
         assert response.status_code == 201, response.text
         return str(response.json()["sha256"])
 
-    def deploy(self, endpoint: str = "lin", version: str = "1", tag: str = "v1") -> LinearRegression:
-        """Register the model and an endpoint serving it with the Preprocess above."""
+    def deploy(
+        self, endpoint: str = "lin", version: str = "1", tag: str = "v1", source: str = PREPROCESS
+    ) -> LinearRegression:
+        """Register the model and an endpoint serving it with the Preprocess above (or ``source``)."""
         assert self.http is not None
         path = self.root / "lin.pkl"
         if self.model is None:
@@ -122,12 +124,14 @@ class Stack:
             )  # fmt: skip
             assert response.status_code == 201, response.text
             self.model_id = response.json()["id"]
-        self.set_code(endpoint, version, tag, create=True)
+        self.set_code(endpoint, version, tag, create=True, source=source)
         return self.model
 
-    def set_code(self, endpoint: str, version: str, tag: str, create: bool = False) -> None:
+    def set_code(
+        self, endpoint: str, version: str, tag: str, create: bool = False, source: str = PREPROCESS
+    ) -> None:
         assert self.http is not None
-        code = {"sha256": self._upload(PREPROCESS.replace("TAG", tag).encode()), "filename": "pre.py"}
+        code = {"sha256": self._upload(source.replace("TAG", tag).encode()), "filename": "pre.py"}
         if create:
             spec: dict[str, Any] = {"endpoint": endpoint, "version": version, "engine": "sklearn",
                                     "model_id": self.model_id, "preprocess": code}  # fmt: skip

@@ -5,7 +5,7 @@ workers (``modelyard queue-worker``) consumes the stream through the same
 pipeline as HTTP. Wire format and usage: ``docs/queue.md``.
 """
 
-from modelyard.queue.client import InputQueue, OutputQueue, QueueFull
+from modelyard.queue.client import InputQueue, OutputQueue, QueueFull, QueueUnavailable
 from modelyard.queue.codec import decode, encode
 from modelyard.queue.keys import DEFAULT_GROUP, DEFAULT_STREAM, QueueKeys, Result
 
@@ -16,6 +16,7 @@ __all__ = [
     "OutputQueue",
     "QueueFull",
     "QueueKeys",
+    "QueueUnavailable",
     "Result",
     "decode",
     "encode",

@@ -23,42 +23,41 @@ also refuses while Redis uses more than that fraction of its ``maxmemory``.
 raises), adding a batch in pieces as room frees up, so a batch larger than the
 limit still goes through; ``on_full="raise"`` raises :class:`QueueFull` at once
 and adds nothing of the batch. Nothing is dropped silently.
+
+Redis unreachable (restarting, loading its data): ``enqueue`` retries for up to
+``reconnect_timeout`` seconds, then raises :class:`QueueUnavailable` (an
+``Unavailable`` that is also a ``redis.ConnectionError``) listing the ids it did
+add. Ids returned mean the entries are on the stream; a call that raised may
+still have added some (a reply lost with the connection), and a retry after
+such a loss can add an input twice. Workers store one result per uri
+(``SET NX``), so an input enqueued twice is answered once (see docs/queue.md).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar
 
 import redis
 
 from modelyard.errors import Overloaded
 from modelyard.queue import codec
-from modelyard.queue.keys import DEFAULT_GROUP, DEFAULT_STREAM, QueueKeys, Result
+from modelyard.queue.connect import QueueUnavailable, call_retrying, connect, describe, now_ms
+from modelyard.queue.keys import DEFAULT_GROUP, DEFAULT_STREAM, QueueKeys
+from modelyard.queue.results import OutputQueue
+
+__all__ = ["InputQueue", "OutputQueue", "QueueFull", "QueueUnavailable", "now_ms"]
 
 OnFull = Literal["wait", "raise"]
+T = TypeVar("T")
 
 
 class QueueFull(Overloaded):
     """The input stream is over its pending limit (or Redis over its memory fraction)."""
 
     kind = "overloaded"
-
-
-def _connect(redis_url: str | None, client: redis.Redis | None) -> redis.Redis:
-    if client is not None:
-        return client
-    if redis_url is None:
-        from modelyard.settings import Settings
-
-        redis_url = Settings().redis_url
-    return redis.Redis.from_url(redis_url)
-
-
-def now_ms() -> float:
-    return time.time() * 1000.0
 
 
 def _text(value: Any) -> str:
@@ -80,11 +79,14 @@ class InputQueue:
         full_timeout: float = 30.0,
         check_interval: float = 0.05,
         group: str = DEFAULT_GROUP,
+        reconnect_timeout: float = 10.0,
         client: redis.Redis | None = None,
     ) -> None:
         if on_full not in ("wait", "raise"):
             raise ValueError(f"on_full must be 'wait' or 'raise', not {on_full!r}")
-        self.redis: Any = _connect(redis_url, client)  # redis-py's reply types are unions
+        if reconnect_timeout < 0:
+            raise ValueError(f"reconnect_timeout must be at least 0, not {reconnect_timeout}")
+        self.redis: Any = connect(redis_url, client)  # redis-py's reply types are unions
         self.keys = QueueKeys(stream)
         self.stream = stream
         self.endpoint = endpoint
@@ -98,6 +100,8 @@ class InputQueue:
         self.on_full = on_full
         self.full_timeout = full_timeout
         self.check_interval = check_interval
+        self.reconnect_timeout = reconnect_timeout
+        """How long ``enqueue`` retries while Redis is unreachable before :class:`QueueUnavailable`."""
         self._length = 0
         self._length_at = 0.0
         self._memory_at = 0.0
@@ -123,6 +127,7 @@ class InputQueue:
         ``on_full="raise"``: the whole batch must fit now, else :class:`QueueFull` and nothing
         is added. ``on_full="wait"``: pieces of at most ``chunk`` entries are added as room
         frees up, each no larger than the room there is, so any batch goes through in time.
+        Each piece is retried while Redis is unreachable, up to ``reconnect_timeout`` seconds.
         """
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, not {chunk}")
@@ -132,17 +137,30 @@ class InputQueue:
                 raise ValueError(f"uri must be a non-empty string, not {uri!r}")
         if not pairs:
             return []
-        if self.on_full == "raise":
-            self.wait_for_room(len(pairs))  # all or nothing
         ids: list[str] = []
-        start = 0
-        while start < len(pairs):
-            size = min(chunk, len(pairs) - start)
+        if self.on_full == "raise":
+            self._retrying(lambda: self.wait_for_room(len(pairs)), ids, len(pairs))  # all or nothing
+
+        def piece() -> list[str]:
+            size = min(chunk, len(pairs) - len(ids))
             if self.on_full == "wait":
                 size = min(size, self.wait_for_some_room(size))
-            ids.extend(self._add(pairs[start : start + size], endpoint))
-            start += size
+            return self._add(pairs[len(ids) : len(ids) + size], endpoint)
+
+        while len(ids) < len(pairs):
+            ids.extend(self._retrying(piece, ids, len(pairs)))
         return ids
+
+    def _retrying(self, fn: Callable[[], T], added: list[str], total: int) -> T:
+        def failed(exc: Exception) -> QueueUnavailable:
+            return QueueUnavailable(
+                f"Redis at {describe(self.redis)} did not answer for {self.reconnect_timeout:g} s while "
+                f"adding to stream {self.stream!r} ({exc}); {len(added)} of the {total} inputs were added "
+                f"(ids in .added), the others may or may not be: enqueue them again under the same uris",
+                added=added,
+            )
+
+        return call_retrying(fn, timeout=self.reconnect_timeout, failed=failed)
 
     def _add(self, batch: list[tuple[str, Mapping[str, Any]]], endpoint: str | None) -> list[str]:
         endpoint = endpoint or self.endpoint
@@ -270,105 +288,10 @@ class InputQueue:
         """Enqueue one input and wait for its result: the value, or the error raised.
 
         ``TimeoutError`` when no result arrives within ``timeout`` seconds (the input stays
-        queued; its result may still arrive under ``uri``).
+        queued; its result may still arrive under ``uri``); :class:`QueueUnavailable` when
+        Redis stays unreachable (``reconnect_timeout`` to enqueue, ``timeout`` to wait).
         """
         uri = uri or uuid.uuid4().hex
         self.enqueue_batch([(uri, {**(inputs or {}), **tensors})], endpoint=endpoint)
         result = OutputQueue(stream=self.stream, client=self.redis).wait(uri, timeout=timeout, delete=delete)
         return result.unwrap()
-
-
-class OutputQueue:
-    """Consumer side: results by uri. Results expire after the worker's TTL."""
-
-    def __init__(
-        self,
-        redis_url: str | None = None,
-        stream: str = DEFAULT_STREAM,
-        *,
-        client: redis.Redis | None = None,
-    ) -> None:
-        self.redis: Any = _connect(redis_url, client)  # redis-py's reply types are unions
-        self.keys = QueueKeys(stream)
-        self.stream = stream
-
-    def close(self) -> None:
-        self.redis.close()
-
-    def query(self, uri: str) -> Result | None:
-        """The result for ``uri``, or None while it is pending (or after it expired)."""
-        blob = self.redis.get(self.keys.result(uri))
-        return Result.decode(blob) if blob is not None else None
-
-    def query_and_delete(self, uri: str) -> Result | None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.getdel(self.keys.result(uri))
-        pipe.zrem(self.keys.index, uri)
-        blob = pipe.execute()[0]
-        return Result.decode(blob) if blob is not None else None
-
-    def wait(self, uri: str, timeout: float = 30.0, *, delete: bool = False) -> Result:
-        """Poll until ``uri`` has a result; ``TimeoutError`` after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        pause = 0.001
-        while True:
-            result = self.query_and_delete(uri) if delete else self.query(uri)
-            if result is not None:
-                return result
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no result for {uri!r} on stream {self.stream!r} in {timeout:g} s")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-
-    def finished(self) -> list[str]:
-        """Uris with a stored result, oldest first."""
-        return [u.decode() for u in self.redis.zrange(self.keys.index, 0, -1)]
-
-    def count(self) -> int:
-        return int(self.redis.zcard(self.keys.index))
-
-    def dequeue(self, limit: int | None = None, *, delete: bool = True) -> dict[str, Result]:
-        """All finished results (oldest first, at most ``limit``), removed unless ``delete=False``."""
-        uris = self.redis.zrange(self.keys.index, 0, -1 if limit is None else limit - 1)
-        out: dict[str, Result] = {}
-        for start in range(0, len(uris), 1000):
-            chunk = [u.decode() for u in uris[start : start + 1000]]
-            pipe = self.redis.pipeline(transaction=False)
-            for uri in chunk:
-                (pipe.getdel if delete else pipe.get)(self.keys.result(uri))
-            blobs = pipe.execute()
-            if delete:
-                self.redis.zrem(self.keys.index, *chunk)
-            for uri, blob in zip(chunk, blobs, strict=True):
-                if blob is not None:
-                    out[uri] = Result.decode(blob)
-        return out
-
-    def results(self, uris: Iterable[str]) -> Iterator[tuple[str, Result | None]]:
-        """``(uri, result or None)`` for many uris, fetched in pipelined chunks."""
-        pending = list(uris)
-        for start in range(0, len(pending), 1000):
-            chunk = pending[start : start + 1000]
-            blobs = self.redis.mget([self.keys.result(u) for u in chunk])
-            for uri, blob in zip(chunk, blobs, strict=True):
-                yield uri, (Result.decode(blob) if blob is not None else None)
-
-    def dead_letters(self, count: int = 100) -> list[dict[str, Any]]:
-        """The oldest entries of the dead-letter stream, fields decoded to text (data stays bytes)."""
-        out = []
-        for entry_id, fields in self.redis.xrange(self.keys.dead, count=count):
-            item: dict[str, Any] = {"id": entry_id.decode()}
-            for k, v in fields.items():
-                key = k.decode()
-                item[key] = v if key == "data" else v.decode(errors="replace")
-            out.append(item)
-        return out
-
-    def workers(self, max_age_s: float = 10.0) -> dict[str, float]:
-        """Workers of this stream seen in the last ``max_age_s`` seconds: name → last heartbeat (ms)."""
-        seen = {k.decode(): float(v) for k, v in self.redis.hgetall(self.keys.workers).items()}
-        return {k: v for k, v in seen.items() if now_ms() - v <= max_age_s * 1000}
-
-    def stats(self) -> dict[str, int]:
-        """Counters kept by all workers of this stream together (``results``, ``duplicates``, ...)."""
-        return {k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.stats).items()}

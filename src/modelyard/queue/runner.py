@@ -79,7 +79,11 @@ async def run_worker(
             config.stream, config.group, config.consumers, config.endpoint or "per entry",
         )  # fmt: skip
         task = asyncio.ensure_future(worker.run())
-        await stop.wait()
+        stopped = asyncio.ensure_future(stop.wait())
+        # run() survives Redis going away; should it fail anyway, the process exits with the
+        # error (for its supervisor to restart it) rather than live on consuming nothing
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
         worker.stop()
         await task
     finally:

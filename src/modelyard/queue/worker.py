@@ -16,6 +16,12 @@ the error; transient failures (endpoint loading or unavailable, unexpected
 worker errors) leave the entry pending for a retry. An entry delivered more
 than ``max_failures`` times is answered with the last error, copied to the
 dead-letter stream and acknowledged, so it never blocks the stream.
+
+Redis going away (restart, failover, network) never ends a consumer: it backs
+off (0.1 s doubling to 5 s) and reconnects; it then first re-reads its *own*
+unacknowledged entries (``XREADGROUP ... 0``), whose results may not have been
+stored, so they are answered at once rather than after ``claim_idle_ms``. A
+group lost with the data (``NOGROUP``) is created again.
 """
 
 from __future__ import annotations
@@ -25,15 +31,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from modelyard.config import split_endpoint_key
-from modelyard.errors import BadRequest, ModelyardError, Unavailable
-from modelyard.queue import codec
+from modelyard.errors import ModelyardError, Unavailable
+from modelyard.metrics_labels import UNKNOWN_ENDPOINT
+from modelyard.queue.entries import Entry, Item, text
 from modelyard.queue.keys import QueueKeys, Result
 from modelyard.queue.metrics import WorkerMetrics
 from modelyard.queue.options import WorkerConfig, default_consumer_name
@@ -45,21 +51,8 @@ __all__ = ["QueueWorker", "WorkerConfig"]
 InferMany = Callable[[str, str | None, list[Any]], Awaitable[tuple[str, list[Any]]]]
 """``DataPlane.infer_many``: ``(endpoint, version, bodies) -> (key, [value or error])``."""
 
-Entry = tuple[str, dict[bytes, bytes]]
-
-
-@dataclass
-class _Item:
-    entry_id: str
-    fields: dict[bytes, bytes]
-    deliveries: int
-    uri: str | None = None
-    body: Any = None
-    endpoint: str = ""
-    error: ModelyardError | None = None
-    result: Result | None = None
-    transient: str | None = None
-    blob: bytes = b""
+REDIS_DOWN = (OSError, aioredis.ConnectionError, aioredis.TimeoutError)
+"""Redis unreachable or not answering (``BusyLoadingError``, while it loads its data, is one)."""
 
 
 class QueueWorker:
@@ -96,7 +89,10 @@ class QueueWorker:
 
     async def run(self) -> None:
         """Consume until :meth:`stop`; the current batch of each consumer is finished first."""
-        await self.ensure_group()
+        try:
+            await self.ensure_group()
+        except REDIS_DOWN as exc:  # the consumers retry and create the group (NOGROUP) later
+            log.warning("Redis unreachable at start (%s); consumers will retry", exc)
         tasks = [
             asyncio.create_task(self._consume(self.config.consumer_name(i)))
             for i in range(self.config.consumers)
@@ -119,23 +115,34 @@ class QueueWorker:
 
     async def _consume(self, consumer: str) -> None:
         backoff = 0.1
+        recover = True  # a consumer restarted under the same name has entries of its own
         while not self.stopping.is_set():
             try:
+                if recover:
+                    await self.recover(consumer)
+                    recover = False
                 await self.step(consumer)
                 backoff = 0.1
-            except (OSError, aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-                log.warning("Redis unreachable from consumer %s (%s); retrying", consumer, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                continue
+            except REDIS_DOWN as exc:
+                # its batch in hand may be unacknowledged (or unstored): re-read it once back
+                log.warning(
+                    "Redis unreachable from consumer %s (%s); retrying in %.1f s", consumer, exc, backoff
+                )
+                recover = True
             except Exception as exc:  # a consumer never dies: its entries stay pending, retried
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     log.warning("stream %s or its group is gone; creating it again", self.config.stream)
-                    with contextlib.suppress(Exception):
+                    try:
                         await self.ensure_group()
-                    continue
-                log.exception("consumer %s failed on a batch; going on", consumer)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                        continue
+                    except Exception as again:
+                        log.warning("creating the group of %s failed: %s", self.config.stream, again)
+                else:
+                    log.exception("consumer %s failed on a batch; going on", consumer)
+            with contextlib.suppress(asyncio.TimeoutError):  # back off, but stop at once
+                await asyncio.wait_for(self.stopping.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
 
     async def _gauges(self) -> None:
         # Ends on ``stopping``, not only on cancel: redis-py may turn a cancellation that
@@ -160,7 +167,7 @@ class QueueWorker:
         m.length.labels(c.stream).set(length)
         m.dead_length.labels(c.stream).set(dead)
         for group in groups:
-            if _text(group.get("name")) == c.group:
+            if text(group.get("name")) == c.group:
                 pending = int(group.get("pending") or 0)
                 m.pending.labels(c.stream, c.group).set(pending)
                 lag = group.get("lag")
@@ -188,9 +195,7 @@ class QueueWorker:
             count=self.config.batch_size,
             block=block or None,
         )
-        entries: list[Entry] = [
-            (_text(i), f) for _, items in (reply or []) for i, f in items if f is not None
-        ]
+        entries: list[Entry] = [(text(i), f) for _, items in (reply or []) for i, f in items if f is not None]
         if entries:
             await self.process(consumer, entries, {})
         return len(entries)
@@ -203,31 +208,62 @@ class QueueWorker:
             reply = await self.redis.xautoclaim(
                 c.stream, c.group, consumer, c.claim_idle_ms, start_id=start, count=c.batch_size
             )
-            start = _text(reply[0])
-            entries: list[Entry] = [(_text(i), f) for i, f in reply[1] if f is not None]
+            start = text(reply[0])
+            entries: list[Entry] = [(text(i), f) for i, f in reply[1] if f is not None]
             if entries:
                 self.metrics.reclaimed.labels(c.stream).inc(len(entries))
-                pending = await self.redis.xpending_range(
-                    c.stream, c.group, entries[0][0], entries[-1][0], len(entries) + 16, consumer
-                )
-                counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
                 log.info("consumer %s claimed %d idle entries", consumer, len(entries))
-                await self.process(consumer, entries, counts)
+                await self.process(consumer, entries, await self._deliveries(consumer, entries))
                 total += len(entries)
             if start == "0-0" or total >= c.batch_size * 4:
                 return total
+
+    async def recover(self, consumer: str) -> int:
+        """Process the entries delivered to ``consumer`` and not acknowledged (its own PEL).
+
+        Run when a consumer starts and after Redis was unreachable: the batch it held may
+        have lost its results with the connection. Results are written ``NX``, so a batch
+        whose commit did go through only counts duplicates. Entries deleted meanwhile (nil
+        fields) are acknowledged; entries that stay pending (transient failures) are left
+        for the claim path, reading on past them.
+        """
+        c = self.config
+        start, total = "0-0", 0
+        while not self.stopping.is_set():
+            reply = await self.redis.xreadgroup(c.group, consumer, {c.stream: start}, count=c.batch_size)
+            got = [(text(i), f) for _, items in (reply or []) for i, f in items]
+            if not got:
+                break
+            start = got[-1][0]
+            gone = [i for i, f in got if not f]
+            if gone:
+                await self.redis.xack(c.stream, c.group, *gone)
+            entries: list[Entry] = [(i, f) for i, f in got if f]
+            if entries:
+                log.info("consumer %s recovers %d entries it had not acknowledged", consumer, len(entries))
+                await self.process(consumer, entries, await self._deliveries(consumer, entries))
+                total += len(entries)
+        return total
+
+    async def _deliveries(self, consumer: str, entries: list[Entry]) -> dict[str, int]:
+        """How often each of ``entries`` (now owned by ``consumer``) has been delivered."""
+        c = self.config
+        pending = await self.redis.xpending_range(
+            c.stream, c.group, entries[0][0], entries[-1][0], len(entries) + 16, consumer
+        )
+        return {text(p["message_id"]): int(p["times_delivered"]) for p in pending}
 
     # -- a batch ------------------------------------------------------------------------------------
     async def process(self, consumer: str, entries: list[Entry], deliveries: dict[str, int]) -> None:
         c, m = self.config, self.metrics
         started = time.perf_counter()
         m.batch_size.labels(c.stream).observe(len(entries))
-        items = [_Item(i, f, deliveries.get(i, 1)) for i, f in entries]
+        items = [Item(i, f, deliveries.get(i, 1)) for i, f in entries]
         dead = [it for it in items if it.deliveries > c.max_failures]
         live = [it for it in items if it.deliveries <= c.max_failures]
-        groups: dict[str, list[_Item]] = {}
+        groups: dict[str, list[Item]] = {}
         for it in live:
-            self._decode(it)
+            it.decode(self.config.endpoint)
             if it.error is None:
                 groups.setdefault(it.endpoint, []).append(it)
         await asyncio.gather(*(self._infer(key, group) for key, group in groups.items()))
@@ -238,13 +274,13 @@ class QueueWorker:
                 retry.append(it)
                 continue
             if it.result is None:
-                it.result = self._error_result(it, it.error or ModelyardError("no result"))
+                it.result = it.error_result(it.error or ModelyardError("no result"))
             it.result.finished_ms, it.result.worker, it.result.deliveries = done_ms, consumer, it.deliveries
             try:
                 it.blob = it.result.encode()
             except (TypeError, ValueError) as exc:
                 err = ModelyardError(f"the endpoint's answer cannot be encoded for the queue: {exc}")
-                it.result = self._error_result(it, err, it.result.endpoint)
+                it.result = it.error_result(err, it.result.endpoint)
                 it.result.finished_ms, it.result.worker, it.result.deliveries = (
                     done_ms,
                     consumer,
@@ -262,7 +298,7 @@ class QueueWorker:
             r = it.result
             assert r is not None
             if r.ok:
-                key = r.endpoint or it.endpoint
+                key = r.endpoint or UNKNOWN_ENDPOINT  # the version that answered; never the entry's text
                 ok[key] = ok.get(key, 0) + 1
             else:
                 failed[r.kind or "error"] = failed.get(r.kind or "error", 0) + 1
@@ -278,34 +314,7 @@ class QueueWorker:
             await self._dead_letter(consumer, it)
         m.batch_seconds.labels(c.stream).observe(time.perf_counter() - started)
 
-    def _decode(self, it: _Item) -> None:
-        f = it.fields
-        raw_uri = f.get(b"uri")
-        if raw_uri:
-            try:
-                it.uri = raw_uri.decode()
-            except UnicodeDecodeError:
-                it.uri = None
-        if not it.uri:
-            it.error = BadRequest("entry has no 'uri' field (or it is not UTF-8); it cannot be answered")
-            return
-        endpoint = f.get(b"endpoint")
-        it.endpoint = (
-            endpoint.decode(errors="replace").strip("/") if endpoint else (self.config.endpoint or "")
-        )
-        if not it.endpoint:
-            it.error = BadRequest("entry names no endpoint and the worker has no default --endpoint")
-            return
-        data = f.get(b"data")
-        if data is None:
-            it.error = BadRequest("entry has no 'data' field with the inputs")
-            return
-        try:
-            it.body = codec.decode_inputs(data)
-        except ModelyardError as exc:
-            it.error = exc
-
-    async def _infer(self, key: str, items: list[_Item]) -> None:
+    async def _infer(self, key: str, items: list[Item]) -> None:
         endpoint, version = split_endpoint_key(key)
         try:
             answered, outcomes = await self.infer_many(endpoint, version or None, [it.body for it in items])
@@ -327,30 +336,18 @@ class QueueWorker:
                 it.transient = f"{outcome.kind}: {outcome.message}"
             elif isinstance(outcome, ModelyardError):
                 it.error = outcome
-                it.result = self._error_result(it, outcome, answered)
+                it.result = it.error_result(outcome, answered)
             else:
                 it.result = Result(uri=it.uri or "", ok=True, value=outcome, endpoint=answered)
-                it.result.enqueued_ms = _enqueued(it)
+                it.result.enqueued_ms = it.enqueued_ms()
 
-    def _error_result(self, it: _Item, exc: ModelyardError, answered: str | None = None) -> Result:
-        return Result(
-            uri=it.uri or "",
-            ok=False,
-            error=exc.message,
-            kind=exc.kind,
-            endpoint=answered or it.endpoint or None,
-            enqueued_ms=_enqueued(it),
-        )
-
-    async def _store(self, finished: list[_Item], now_ms: float) -> int:
+    async def _store(self, finished: list[Item], now_ms: float) -> int:
         """Write results (NX) and acknowledge every finished entry in one call; duplicates."""
         c = self.config
         answerable = [it for it in finished if it.uri]
         unanswerable = [it for it in finished if not it.uri]
         for it in unanswerable:  # no uri, no result key: keep the entry for inspection
-            await self.redis.xadd(
-                self.keys.dead, _dead_fields(it, it.result.error if it.result else "no uri")
-            )
+            await self.redis.xadd(self.keys.dead, it.dead_fields(it.result.error if it.result else "no uri"))
             self.metrics.dead_lettered.labels(c.stream).inc()
         if not finished:
             return 0
@@ -363,26 +360,26 @@ class QueueWorker:
         args += [it.entry_id for it in finished]
         return int(await self._commit(keys=keys, args=args))
 
-    async def _note_transient(self, items: list[_Item]) -> None:
+    async def _note_transient(self, items: list[Item]) -> None:
         c = self.config
         self.metrics.retried.labels(c.stream).inc(len(items))
         await self.redis.hset(self.keys.errors, mapping={it.entry_id: it.transient or "" for it in items})
         log.warning("%d entries of %s left pending for a retry: %s", len(items), c.stream, items[0].transient)
 
-    async def _dead_letter(self, consumer: str, it: _Item) -> None:
+    async def _dead_letter(self, consumer: str, it: Item) -> None:
         """Answer an entry delivered too often with its last error and move it to the dead stream."""
         c = self.config
         last = await self.redis.hget(self.keys.errors, it.entry_id)
         reason = (
-            _text(last) if last else "a worker stopped while processing it (killed, crashed or out of memory)"
+            text(last) if last else "a worker stopped while processing it (killed, crashed or out of memory)"
         )
         kind, _, message = reason.partition(": ") if ": " in reason else ("error", "", reason)
-        text = f"gave up after {it.deliveries - 1} failed deliveries: {message}"
-        self._decode(it)
+        gave_up = f"gave up after {it.deliveries - 1} failed deliveries: {message}"
+        it.decode(self.config.endpoint)
         stored = False
         if it.uri:
-            result = Result(uri=it.uri, ok=False, error=text, kind=kind, endpoint=it.endpoint or None,
-                            dead_lettered=True, deliveries=it.deliveries, enqueued_ms=_enqueued(it),
+            result = Result(uri=it.uri, ok=False, error=gave_up, kind=kind, endpoint=it.endpoint or None,
+                            dead_lettered=True, deliveries=it.deliveries, enqueued_ms=it.enqueued_ms(),
                             finished_ms=time.time() * 1000, worker=consumer)  # fmt: skip
             stored = bool(
                 await self.redis.set(self.keys.result(it.uri), result.encode(), nx=True, ex=c.result_ttl_s)
@@ -391,7 +388,7 @@ class QueueWorker:
                 await self.redis.zadd(self.keys.index, {it.uri: time.time() * 1000})
         pipe = self.redis.pipeline(transaction=True)
         if stored or not it.uri:
-            pipe.xadd(self.keys.dead, _dead_fields(it, text))
+            pipe.xadd(self.keys.dead, it.dead_fields(gave_up))
             pipe.hincrby(self.keys.stats, "dead_lettered", 1)
         pipe.xack(c.stream, c.group, it.entry_id)
         if c.delete_acked:
@@ -400,22 +397,4 @@ class QueueWorker:
         await pipe.execute()
         if stored or not it.uri:
             self.metrics.dead_lettered.labels(c.stream).inc()
-            log.warning("dead-lettered entry %s (uri %r): %s", it.entry_id, it.uri, text)
-
-
-def _dead_fields(it: _Item, error: str | None) -> dict[Any, Any]:
-    fields: dict[Any, Any] = dict(it.fields)
-    fields.update({"error": error or "", "deliveries": it.deliveries, "entry_id": it.entry_id})
-    return fields
-
-
-def _enqueued(it: _Item) -> float | None:
-    raw = it.fields.get(b"t")
-    try:
-        return float(raw) if raw else None
-    except ValueError:
-        return None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+            log.warning("dead-lettered entry %s (uri %r): %s", it.entry_id, it.uri, gave_up)
