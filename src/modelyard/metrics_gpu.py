@@ -113,5 +113,5 @@ def _probe(collector: GpuCollector | None, reason: str, **values: Any) -> GpuPro
     if reason == "enabled":
         log.info("GPU metrics on: %s", detail)
     elif reason != "disabled":
-        log.info("GPU metrics off: %s", detail)
+        log.debug("GPU metrics off: %s", detail)
     return GpuProbe(collector, reason, detail)

@@ -86,7 +86,7 @@ def test_standard_metrics_count_every_request_with_stages_and_states(server: Ser
     assert value(m, "modelyard_requests_total", code="422", **ep) == 1
     assert value(m, "modelyard_requests_total", code="400", **ep) == 1  # refused before routing
     # (the wait for iris/1 to load may have met a 404 before the replica knew it: count from `before`)
-    unrouted = {"code": "404", "endpoint": "", "version": ""}
+    unrouted = {"code": "404", "endpoint": "_unknown", "version": ""}
     assert (
         value(m, "modelyard_requests_total", **unrouted)
         - value(before, "modelyard_requests_total", **unrouted)
@@ -331,7 +331,7 @@ def test_gpu_series_only_when_nvml_starts_and_the_reason_when_not(
             'modelyard_gpu_metrics_enabled{reason="nvml_not_installed"}',
             'modelyard_gpu_metrics_enabled{reason="nvml_unavailable"}',
         ), status
-        with caplog.at_level(logging.INFO, logger="modelyard.metrics"):
+        with caplog.at_level(logging.DEBUG, logger="modelyard.metrics"):
             probe = Metrics(service="x").gpu
         assert probe.collector is None and f"GPU metrics off: {probe.detail}" in caplog.text
         assert probe.reason in status

@@ -74,6 +74,8 @@ class Stack:
         """Committed target host names -> where that process listens in this test."""
         return {
             "inference": self.url.removeprefix("http://"),
+            # compose's second replica: the same process here (Prometheus keeps one of two equal targets)
+            "inference-2": self.url.removeprefix("http://"),
             "control-plane": self.control_url.removeprefix("http://"),
         }
 

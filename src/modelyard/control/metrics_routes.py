@@ -6,7 +6,8 @@ Three parts:
 * ``modelyard_control_api_requests_total{method,route,code}`` and
   ``modelyard_control_api_request_duration_seconds{method,route}``: every HTTP call, labelled
   by the matched route's template (``/api/services/{name}``), never the raw path, so random
-  URLs cannot grow the number of series (unmatched paths are ``route="unmatched"``);
+  URLs cannot grow the number of series (unmatched paths are ``route="unmatched"``, methods
+  other than the standard ones ``method="other"``);
 * ``modelyard_control_service_revision{service}`` and ``modelyard_control_endpoints{service}``,
   read from the database at scrape time, so every worker answers the same and a replica's
   ``modelyard_config_revision`` can be compared with the revision it should have;
@@ -37,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelyard.control.auth import Auth
 from modelyard.control.plane import ControlPlane
 from modelyard.metrics import REQUEST_BUCKETS
+from modelyard.metrics_labels import method_label
 from modelyard.metrics_multiprocess import WorkerProcessCollector, prune_dead_workers
 from modelyard.settings import Settings
 
@@ -102,6 +104,7 @@ class ControlMetrics:
             self.registry.register(self.services)
 
     def observe(self, method: str, route: str, code: int, seconds: float) -> None:
+        method = method_label(method)  # any token is a method to h11: never a label as sent
         self.requests.labels(method, route, str(code)).inc()
         self.duration.labels(method, route).observe(seconds)
 

@@ -9,6 +9,13 @@ Replicas push cumulative request statistics (:mod:`modelyard.serving.stats`); th
 reports of each replica are kept, so :meth:`Monitoring.live` can turn them into request rates
 and latency quantiles per endpoint, summed over replicas, without Prometheus and statelessly
 (any control plane process answers the same).
+
+What is stored is bounded, since any token holder can push: a report is validated field by
+field, larger than ``max_report_bytes`` it is refused (413, the route checks the body before
+reading it), only entries for the service's endpoint versions, endpoints, canaries and the
+fixed ``_unknown`` entry are kept, and at most ``max_replicas`` rows are kept per service (a new
+replica replaces the one that reported least recently; rows silent for :data:`STATS_KEEP_S` go).
+So ``/ui/api/live`` reads at most ``max_replicas`` small rows.
 """
 
 from __future__ import annotations
@@ -16,30 +23,69 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, StringConstraints
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from modelyard.config import MetricRule, MetricVariable
+from modelyard.config import MetricRule, MetricVariable, endpoint_key
 from modelyard.control.revisions import check_expected_revision
-from modelyard.errors import Conflict, NotFound
-from modelyard.store import Database, ServiceRow, utcnow
-from modelyard.store.tables import MetricRuleRow, ReplicaStatsRow
+from modelyard.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from modelyard.metrics_labels import UNKNOWN_ENDPOINT
+from modelyard.settings import Settings
+from modelyard.store import Database, EndpointRow, ServiceRow, utcnow
+from modelyard.store.tables import CanaryRow, MetricRuleRow, ReplicaStatsRow
 
 STATS_FRESH_S = 30.0
 """Replica stats older than this are left out of the live view (the replica is gone)."""
+STATS_KEEP_S = 300.0
+"""Rows of replicas silent this long are deleted when another replica first reports."""
+DEFAULT_MAX_BYTES: int = Settings.model_fields["stats_max_bytes"].default
+DEFAULT_MAX_REPLICAS: int = Settings.model_fields["stats_max_replicas"].default
+MAX_REPLICA_ID = 256
+"""Longest replica id (the column's size; replicas use ``<hostname>-<pid>``)."""
+MAX_BUCKETS = 32
+"""Latency buckets per entry (replicas send 17) and status codes per entry: what one entry can cost."""
+MAX_CODES = 32
+MAX_RULE_VARIABLES = 50
+MAX_RULE_BUCKETS = 50
+MAX_RULE_ENUM_VALUES = 100
+"""Bounds of one metric rule: each variable, bucket and enum value is a series per endpoint version."""
+
+
+def _bucket_bound(value: str) -> str:
+    if math.isnan(float(value)):  # ValueError for anything that is not a number: a 422
+        raise ValueError("a bucket bound must be a number or +Inf")
+    return value
+
+
+StatusCode = Annotated[str, StringConstraints(pattern=r"^[1-5][0-9][0-9]$")]
+BucketBound = Annotated[str, StringConstraints(max_length=32), AfterValidator(_bucket_bound)]
+
+
+class EndpointStats(BaseModel):
+    """One endpoint version's cumulative counts: by status code, and the latency histogram."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    codes: dict[StatusCode, NonNegativeInt] = Field(default_factory=dict, max_length=MAX_CODES)
+    count: NonNegativeInt = 0
+    sum: float = 0.0
+    buckets: list[tuple[BucketBound, NonNegativeInt]] = Field(default_factory=list, max_length=MAX_BUCKETS)
 
 
 class StatsReport(BaseModel):
     """What a replica process sends: cumulative per-endpoint counts and latency buckets."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     time: float
-    endpoints: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    endpoints: dict[Annotated[str, StringConstraints(max_length=260)], EndpointStats] = Field(
+        default_factory=dict
+    )
 
 
 def rule_from_row(row: MetricRuleRow) -> MetricRule:
@@ -60,9 +106,19 @@ def rules_of(session: Session, service_id: int) -> list[MetricRule]:
 class Monitoring:
     """Metric rules and replica statistics over the control plane's database."""
 
-    def __init__(self, db: Database, on_change: Callable[[str], None] = lambda _service: None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        on_change: Callable[[str], None] = lambda _service: None,
+        *,
+        max_report_bytes: int = DEFAULT_MAX_BYTES,
+        max_replicas: int = DEFAULT_MAX_REPLICAS,
+    ) -> None:
+        """``max_report_bytes``/``max_replicas``: ``Settings.stats_max_bytes``/``stats_max_replicas``."""
         self.db = db
         self.on_change = on_change
+        self.max_report_bytes = max_report_bytes
+        self.max_replicas = max_replicas
 
     def _service(self, session: Session, name: str, *, lock: bool = False) -> ServiceRow:
         query = select(ServiceRow).where(ServiceRow.name == name)
@@ -82,6 +138,7 @@ class Monitoring:
         self, service: str, rule: MetricRule, *, expected_revision: int | None = None
     ) -> tuple[MetricRule, bool]:
         """Create or replace the rule for ``rule.endpoint``; returns it and whether it was new."""
+        self._check_size(rule)
         try:
             with self.db.write() as session:
                 svc = self._service(session, service, lock=True)
@@ -102,6 +159,23 @@ class Monitoring:
             raise Conflict(f"metric rule {rule.endpoint!r} changed concurrently; try again") from None
         self.on_change(service)
         return rule, created
+
+    @staticmethod
+    def _check_size(rule: MetricRule) -> None:
+        """Refuse rules that would make thousands of series per endpoint version."""
+        if len(rule.variables) > MAX_RULE_VARIABLES:
+            raise BadRequest(
+                f"a metric rule has at most {MAX_RULE_VARIABLES} variables, got {len(rule.variables)}"
+            )
+        for var in rule.variables:
+            if len(var.buckets) > MAX_RULE_BUCKETS:
+                raise BadRequest(
+                    f"metric {var.name!r} has {len(var.buckets)} buckets; at most {MAX_RULE_BUCKETS}"
+                )
+            if len(var.values) > MAX_RULE_ENUM_VALUES:
+                raise BadRequest(
+                    f"metric {var.name!r} has {len(var.values)} enum values; at most {MAX_RULE_ENUM_VALUES}"
+                )
 
     @staticmethod
     def _check_shapes(rule: MetricRule, others: list[MetricRuleRow]) -> None:
@@ -132,17 +206,21 @@ class Monitoring:
 
     # -- replica statistics -------------------------------------------------------------------
     def report_stats(self, service: str, replica_id: str, report: StatsReport) -> None:
-        current = report.model_dump(mode="json")
+        """Keep ``report`` as the replica's latest (entries for what the service has only)."""
+        if not replica_id or len(replica_id) > MAX_REPLICA_ID:
+            raise BadRequest(f"a replica id has 1 to {MAX_REPLICA_ID} characters, got {len(replica_id)}")
         for _ in range(3):
             try:
                 with self.db.write() as session:
-                    self._service(session, service)
+                    svc = self._service(session, service)
+                    current = self._stored(session, svc, report)
                     row = session.scalar(
                         select(ReplicaStatsRow).where(
                             ReplicaStatsRow.service == service, ReplicaStatsRow.replica_id == replica_id
                         )
                     )
                     if row is None:
+                        self._make_room(session, service)
                         row = ReplicaStatsRow(service=service, replica_id=replica_id, previous=None)
                         session.add(row)
                     else:
@@ -154,15 +232,49 @@ class Monitoring:
                 continue
         raise Conflict(f"could not record the stats of replica {replica_id!r}")
 
+    def _stored(self, session: Session, svc: ServiceRow, report: StatsReport) -> dict[str, Any]:
+        """The report as stored: entries the service has, within ``max_report_bytes``."""
+        known = {UNKNOWN_ENDPOINT}
+        for endpoint, version in session.execute(
+            select(EndpointRow.endpoint, EndpointRow.version).where(EndpointRow.service_id == svc.id)
+        ):
+            known.update((endpoint, endpoint_key(endpoint, version)))
+        known.update(session.scalars(select(CanaryRow.endpoint).where(CanaryRow.service_id == svc.id)))
+        current = report.model_dump(mode="json")
+        current["endpoints"] = {k: v for k, v in current["endpoints"].items() if k in known}
+        size = len(orjson.dumps(current))
+        if size > self.max_report_bytes:
+            raise PayloadTooLarge(
+                f"statistics report of {size} bytes is over the limit of {self.max_report_bytes} bytes"
+            )
+        return current
+
+    def _make_room(self, session: Session, service: str) -> None:
+        """Before a new replica's first row: drop silent replicas' rows, keep under ``max_replicas``."""
+        table = ReplicaStatsRow
+        session.execute(
+            delete(table).where(
+                table.service == service, table.updated_at < utcnow() - timedelta(seconds=STATS_KEEP_S)
+            )
+        )
+        excess = session.scalars(
+            select(table.id)
+            .where(table.service == service)
+            .order_by(table.updated_at.desc(), table.id.desc())
+            .offset(self.max_replicas - 1)
+        ).all()
+        if excess:
+            session.execute(delete(table).where(table.id.in_(excess)))
+
     def live(self, service: str, *, fresh_s: float = STATS_FRESH_S) -> dict[str, Any]:
         """Per endpoint version: request rate, error rate and p50/p99 over each replica's last window."""
         since = utcnow() - timedelta(seconds=fresh_s)
         with self.db.read() as session:
             self._service(session, service)
             rows = [
-                (row.previous, row.current)
-                for row in session.scalars(
-                    select(ReplicaStatsRow).where(
+                (previous, current)
+                for previous, current in session.execute(
+                    select(ReplicaStatsRow.previous, ReplicaStatsRow.current).where(
                         ReplicaStatsRow.service == service, ReplicaStatsRow.updated_at >= since
                     )
                 )
