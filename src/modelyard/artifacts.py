@@ -4,36 +4,66 @@ Blobs live at ``<root>/blobs/<sha[:2]>/<sha>``: the name *is* the content's
 sha256, so a replica that has a file with that name in its cache never needs to
 fetch it again, and uploading the same bytes twice stores them once. Uploads
 are streamed into ``<root>/tmp/`` while being hashed and only then moved into
-place, so a half-written upload can never be served under a real hash. The
-store is an object with no module state, built by the composition root from
-``Settings.artifacts_url`` and ``artifacts_options``.
+place, so a half-written upload can never be served under a real hash; one whose
+hash differs from the sha256 the caller declared is deleted, never stored.
+
+A process killed mid-upload (``kill -9``, OOM) leaves its temp file behind. Temp
+names carry the writer's host, pid and a per-process tag, so each new store removes
+those whose writer is gone (same host, pid dead or reused by a later process) and any
+untouched for ``stale_upload_s``, while uploads other live processes are still writing
+stay. The store is built by the composition root from :meth:`ArtifactStore.from_settings`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
+import socket
+import time
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from datetime import UTC
+from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
 import httpx
 from fsspec.implementations.local import LocalFileSystem
 
+from modelyard.artifact_names import SHA256_RE, check_filename, check_sha256
+from modelyard.artifact_urls import HTTP_SCHEMES, MAX_REDIRECTS, UrlPolicy
 from modelyard.errors import BadRequest, NotFound
+from modelyard.preprocess_archive import ArchiveLimits, inspect_archive, is_archive
+
+if TYPE_CHECKING:
+    from modelyard.config import ArtifactRef
+    from modelyard.settings import Settings
+
+__all__ = ["SHA256_RE", "ArtifactStore", "BlobWriter", "check_sha256"]
+
+log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+_PROCESS_TAG = uuid.uuid4().hex[:8]
+"""Tells this process from an earlier one that had the same pid (a restarted container)."""
+_TMP_RE = re.compile(r"^([0-9a-f]{12})-(\d+)-([0-9a-f]{8})-[0-9a-f]{32}\.part$")
 
 
-def check_sha256(sha: str) -> str:
-    """Reject anything but 64 lowercase hex digits (it becomes part of a path)."""
-    if not SHA256_RE.match(sha):
-        raise BadRequest(f"artifact id {sha!r} is not a sha256 (64 lowercase hex digits)")
-    return sha
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 class BlobWriter:
@@ -45,7 +75,8 @@ class BlobWriter:
 
     def __init__(self, store: ArtifactStore) -> None:
         self._store = store
-        self._tmp = store._path("tmp", uuid.uuid4().hex)
+        name = f"{_host_tag()}-{os.getpid()}-{_PROCESS_TAG}-{uuid.uuid4().hex}.part"
+        self._tmp = store._path("tmp", name)
         store.fs.makedirs(store._path("tmp"), exist_ok=True)
         self._file: IO[bytes] | None = store.fs.open(self._tmp, "wb")
         self._hash = hashlib.sha256()
@@ -59,13 +90,23 @@ class BlobWriter:
             self._hash.update(chunk)
             self.size += len(chunk)
 
-    def commit(self) -> tuple[str, int]:
-        """Move the finished upload to its content address; returns ``(sha256, size)``."""
+    def commit(self, expected_sha256: str | None = None) -> tuple[str, int]:
+        """Move the finished upload to its content address; returns ``(sha256, size)``.
+
+        With ``expected_sha256`` (what the uploader says it sent), other bytes are deleted and
+        refused with :class:`BadRequest`: a corrupted upload is never stored under any hash.
+        """
         if self._file is None:
             raise RuntimeError("upload already finished")
         self._file.close()
         self._file = None
         sha = self._hash.hexdigest()
+        if expected_sha256 is not None and expected_sha256 != sha:
+            self._remove_tmp()
+            raise BadRequest(
+                f"artifact upload: expected sha256 {expected_sha256}, but the {self.size} bytes "
+                f"received hash to {sha}; nothing was stored"
+            )
         store = self._store
         final = store._blob_path(sha)
         if store.fs.exists(final):
@@ -98,13 +139,38 @@ class BlobWriter:
 class ArtifactStore:
     """Blobs by sha256 under ``url`` (a local folder, ``s3://bucket/prefix``, ``gs://``...)."""
 
-    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        options: dict[str, Any] | None = None,
+        *,
+        url_policy: UrlPolicy | None = None,
+        stale_upload_s: float = 3600.0,
+        archive_limits: ArchiveLimits | None = None,
+    ) -> None:
+        """``url_policy``: which URLs :meth:`fetch_url` reads (default: http(s) to public
+        addresses and object stores); ``stale_upload_s``: age after which any temp upload is
+        removed at start; ``archive_limits``: what :meth:`check_code` lets code archives hold."""
         self.url = url
         fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         self.fs: fsspec.AbstractFileSystem = fs
         self.root = str(root).rstrip("/")
+        self.url_policy = url_policy or UrlPolicy()
+        self.stale_upload_s = stale_upload_s
+        self.archive_limits = archive_limits or ArchiveLimits()
         if isinstance(fs, LocalFileSystem):
             fs.makedirs(self.root, exist_ok=True)
+        self.remove_stale_uploads()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ArtifactStore:
+        return cls(
+            settings.resolved_artifacts_url(),
+            dict(settings.artifacts_options),
+            url_policy=UrlPolicy.from_settings(settings),
+            stale_upload_s=settings.artifacts_stale_upload_s,
+            archive_limits=ArchiveLimits.from_settings(settings),
+        )
 
     def _path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
@@ -116,6 +182,52 @@ class ArtifactStore:
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
+
+    def remove_stale_uploads(self) -> list[str]:
+        """Delete temp uploads nobody is writing any more; returns their paths.
+
+        Removed: a temp file of this host whose writer process is gone (its pid is dead, or is
+        this process under an earlier tag), and any temp file untouched for ``stale_upload_s``
+        (writers on other hosts, pids reused since, names of an older format).
+        """
+        try:
+            entries = [str(p) for p in self.fs.ls(self._path("tmp"), detail=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except Exception as exc:  # best effort: an unreachable store must not stop a start
+            log.warning("artifact store: cannot list %s for interrupted uploads: %s", self._path("tmp"), exc)
+            return []
+        host, now, removed = _host_tag(), time.time(), []
+        for path in entries:
+            if not (self._writer_gone(path, host) or self._age_s(path, now) > self.stale_upload_s):
+                continue
+            with contextlib.suppress(FileNotFoundError, OSError):
+                self.fs.rm(path)
+                removed.append(path)
+        if removed:
+            log.warning(
+                "artifact store: removed %d interrupted upload(s) from %s", len(removed), self._path("tmp")
+            )
+        return removed
+
+    @staticmethod
+    def _writer_gone(path: str, host: str) -> bool:
+        match = _TMP_RE.match(path.rstrip("/").rsplit("/", 1)[-1])
+        if match is None or match.group(1) != host:
+            return False  # cannot tell: left to the age rule
+        pid, tag = int(match.group(2)), match.group(3)
+        if pid == os.getpid():
+            return tag != _PROCESS_TAG
+        return not _pid_alive(pid)
+
+    def _age_s(self, path: str, now: float) -> float:
+        try:
+            modified = self.fs.modified(path)
+        except (NotImplementedError, FileNotFoundError, OSError, KeyError):
+            return 0.0  # unknown: never removed for age
+        if modified.tzinfo is None:
+            modified = modified.replace(tzinfo=UTC)
+        return now - modified.timestamp()
 
     def put_stream(self, chunks: Iterable[bytes]) -> tuple[str, int]:
         """Store the bytes of ``chunks`` (never all in memory); returns ``(sha256, size)``."""
@@ -132,12 +244,13 @@ class ArtifactStore:
             return self.put_stream(iter(lambda: f.read(CHUNK_SIZE), b""))
 
     def fetch_url(self, url: str, *, options: dict[str, Any] | None = None) -> tuple[str, int]:
-        """Copy the file at ``url`` (http(s), s3, gs, az, ``file://`` or a local path) into the store.
+        """Copy the file at ``url`` into the store, if :attr:`url_policy` accepts it.
 
         http(s) goes through httpx (a declared dependency) rather than fsspec's
-        aiohttp-based filesystem; every other scheme through fsspec.
+        aiohttp-based filesystem, to addresses the policy checked; every other accepted
+        scheme (object stores; ``file`` or others only when configured) through fsspec.
         """
-        if url.startswith(("http://", "https://")):
+        if self.url_policy.check(url) in HTTP_SCHEMES:
             return self._fetch_http(url)
         try:
             with fsspec.open(url, "rb", **(options or {})) as f:
@@ -150,18 +263,42 @@ class ArtifactStore:
             raise BadRequest(f"cannot read model url {url!r}: {exc}") from None
 
     def _fetch_http(self, url: str) -> tuple[str, int]:
+        """GET ``url``, following redirects by hand so every hop's address is checked."""
+        current, what = url, f"model url {url!r}"
         try:
-            with (
-                httpx.Client(follow_redirects=True, timeout=60.0) as client,
-                client.stream("GET", url) as response,
-            ):
-                if response.status_code == 404:
-                    raise NotFound(f"model url {url!r} not found (HTTP 404)")
-                if response.status_code >= 400:
-                    raise BadRequest(f"cannot fetch model url {url!r}: HTTP {response.status_code}")
-                return self.put_stream(response.iter_bytes(CHUNK_SIZE))
+            with httpx.Client(follow_redirects=False, timeout=60.0) as client:
+                for _ in range(MAX_REDIRECTS + 1):
+                    request = self.url_policy.pinned_request(client, current, what)
+                    response = client.send(request, stream=True)
+                    try:
+                        if response.is_redirect:
+                            current = self.url_policy.redirect(current, response.headers.get("location"))
+                            what = f"model url {url!r} (redirected to {current!r})"
+                            continue
+                        if response.status_code == 404:
+                            raise NotFound(f"{what} not found (HTTP 404)")
+                        if response.status_code >= 400:
+                            raise BadRequest(f"cannot fetch {what}: HTTP {response.status_code}")
+                        return self.put_stream(response.iter_bytes(CHUNK_SIZE))
+                    finally:
+                        response.close()
         except httpx.HTTPError as exc:
-            raise BadRequest(f"cannot fetch model url {url!r}: {exc}") from None
+            raise BadRequest(f"cannot fetch {what}: {exc}") from None
+        raise BadRequest(f"model url {url!r}: more than {MAX_REDIRECTS} redirects")
+
+    # -- code archives -------------------------------------------------------
+
+    def check_code(self, ref: ArtifactRef) -> None:
+        """Refuse preprocess code a replica could not unpack safely: a bad file name (400), or an
+        archive over :attr:`archive_limits` (413) or with unsafe members (400). A ``.py`` file
+        is imported as it is; anything else that is a tar or zip (or any ``folder``) is extracted
+        by the replicas, so it is read here the same way, without writing anything."""
+        check_filename(ref.filename, "preprocess")
+        if ref.filename.endswith(".py"):
+            return
+        with self.open(ref.sha256) as f:
+            if ref.kind == "folder" or is_archive(f):
+                inspect_archive(f, ref.filename, self.archive_limits)
 
     # -- reading -----------------------------------------------------------
 

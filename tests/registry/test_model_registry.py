@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.artifact_urls import DEFAULT_SCHEMES, UrlPolicy
 from modelyard.artifacts import ArtifactStore
 from modelyard.control import ControlPlane, EndpointSpec
 from modelyard.errors import BadRequest, Conflict, NotFound
@@ -63,7 +64,10 @@ def test_create_from_artifact(registry: ModelRegistry) -> None:
     assert registry.get(model.id) == model
 
 
-def test_create_from_url(registry: ModelRegistry, tmp_path: Path) -> None:
+def test_create_from_url(db: Database, tmp_path: Path) -> None:
+    """A path the control plane reads: only where ``file`` is an accepted scheme."""
+    local = UrlPolicy(schemes=frozenset({*DEFAULT_SCHEMES, "file"}))
+    registry = ModelRegistry(db, ArtifactStore(str(tmp_path / "artifacts"), url_policy=local))
     src = tmp_path / "clf.joblib"
     src.write_bytes(b"joblib-bytes")
     model = registry.create(ModelCreate(name="clf", framework="sklearn", url=str(src)))
@@ -169,3 +173,15 @@ def test_remove_refused_while_an_endpoint_uses_it(
         registry.get(mid)
     with pytest.raises(NotFound, match=mid):
         registry.remove(mid)
+
+
+def test_name_filter_that_backtracks_is_refused_quickly(registry: ModelRegistry) -> None:
+    """A catastrophic pattern from an anonymous lister costs a bounded time, then a 400."""
+    import time
+
+    _create(registry, name="a" * 40 + "b")
+    started = time.perf_counter()
+    with pytest.raises(BadRequest, match="takes too long"):
+        registry.list(ModelFilter(name="(a|a)+$"))  # 2**40 paths in a backtracking engine
+    assert time.perf_counter() - started < 2.0
+    assert [m.name for m in registry.list(ModelFilter(name="a+b"))] == ["a" * 40 + "b"]

@@ -11,8 +11,14 @@ from typing import Any
 
 import pytest
 
+from modelyard.artifact_urls import DEFAULT_SCHEMES, UrlPolicy, parse_networks
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import BadRequest, NotFound
+
+LOCAL_FILES = UrlPolicy(schemes=frozenset({*DEFAULT_SCHEMES, "file"}))
+"""What an operator sets to let callers register paths on the control plane's disk."""
+LOOPBACK = UrlPolicy(private_networks=parse_networks(["127.0.0.0/8"]))
+"""What lets these tests fetch from an HTTP server on this machine."""
 
 
 @pytest.fixture
@@ -83,17 +89,22 @@ def test_failed_upload_leaves_nothing(store: ArtifactStore, tmp_path: Path) -> N
     assert not (tmp_path / "artifacts" / "blobs").exists()
 
 
-def test_fetch_local_path_and_file_url(store: ArtifactStore, tmp_path: Path) -> None:
+def test_fetch_local_path_and_file_url(tmp_path: Path) -> None:
+    """Only with ``file`` among the schemes (MODELYARD_MODEL_URL_SCHEMES): refused by default."""
     src = tmp_path / "model.pkl"
     src.write_bytes(b"model-bytes")
     expected = (hashlib.sha256(b"model-bytes").hexdigest(), 11)
+    with pytest.raises(BadRequest, match="path on the control plane's disk"):
+        ArtifactStore(str(tmp_path / "artifacts")).fetch_url(str(src))
+    store = ArtifactStore(str(tmp_path / "artifacts"), url_policy=LOCAL_FILES)
     assert store.fetch_url(str(src)) == expected
     assert store.fetch_url(src.as_uri()) == expected
     with pytest.raises(NotFound, match=r"nope\.pkl"):
         store.fetch_url(str(tmp_path / "nope.pkl"))
 
 
-def test_fetch_http(store: ArtifactStore, http_dir: tuple[str, Path]) -> None:
+def test_fetch_http(tmp_path: Path, http_dir: tuple[str, Path]) -> None:
+    store = ArtifactStore(str(tmp_path / "artifacts"), url_policy=LOOPBACK)
     base, folder = http_dir
     payload = bytes(range(256)) * 4096
     (folder / "m.onnx").write_bytes(payload)
@@ -106,7 +117,8 @@ def test_fetch_http(store: ArtifactStore, http_dir: tuple[str, Path]) -> None:
 
 def test_any_fsspec_filesystem_works() -> None:
     """memory:// stands in for object stores: no rename, no local paths."""
-    mem = ArtifactStore("memory://modelyard-test-artifacts", {})
+    memory = UrlPolicy(schemes=frozenset({*DEFAULT_SCHEMES, "memory"}))
+    mem = ArtifactStore("memory://modelyard-test-artifacts", {}, url_policy=memory)
     sha, _ = mem.put_bytes(b"in memory")
     assert mem.exists(sha)
     assert b"".join(mem.iter_bytes(sha)) == b"in memory"

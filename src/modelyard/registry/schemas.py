@@ -38,8 +38,11 @@ class ModelCreate(_Body):
     project: str = Field(default="", max_length=256)
     framework: str = Field(min_length=1, max_length=64)
     artifact_sha256: str | None = None
-    url: str | None = None
-    filename: str | None = Field(default=None, max_length=512)
+    url: str | None = Field(default=None, max_length=8192)
+    """Fetched by the control plane when no artifact is given, within ``Settings.model_url_*``."""
+    filename: str | None = Field(default=None, max_length=4096)
+    """The name replicas keep the file under (the extension picks a format); checked by the
+    registry, which answers 400 naming the problem (``..``, ``/``, NUL, too long...)."""
     kind: Literal["file", "folder"] = "file"
     tags: list[str] = Field(default_factory=list)
     published: bool = False

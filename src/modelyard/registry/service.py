@@ -10,13 +10,14 @@ retries with the next number instead of failing.
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Callable, Sequence
 
+import regex
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelyard.artifact_names import check_filename, filename_problem
 from modelyard.artifacts import ArtifactStore
 from modelyard.config import ArtifactRef, endpoint_key
 from modelyard.errors import BadRequest, Conflict, NotFound
@@ -61,23 +62,37 @@ def record_blob(session: Session, sha: str, size: int) -> None:
 
 
 def _filename_from_url(url: str) -> str:
+    """The url's last path segment when it is a valid file name, else ``model.bin``."""
     name = posixpath.basename(url.split("?", 1)[0].split("#", 1)[0].rstrip("/"))
-    return name or "model.bin"
+    return name if name and filename_problem(name) is None else "model.bin"
 
 
-def matches(model: Model, flt: ModelFilter, name_re: re.Pattern[str] | None) -> bool:
+NAME_FILTER_TIMEOUT_S = 0.05
+"""Most time one model name may take to test against a caller's name filter: anyone may list
+models (reads need no token by default), and a pattern such as ``(a+)+$`` backtracks
+exponentially in a backtracking engine; past this budget the listing is refused (400)."""
+
+
+def matches(model: Model, flt: ModelFilter, name_re: regex.Pattern[str] | None) -> bool:
     """Whether ``model`` passes ``flt`` (the parts SQL cannot do portably: regex and tags)."""
-    if name_re is not None and not name_re.fullmatch(model.name):
-        return False
+    if name_re is not None:
+        try:
+            if not name_re.fullmatch(model.name, timeout=NAME_FILTER_TIMEOUT_S):
+                return False
+        except TimeoutError:
+            raise BadRequest(
+                f"model name filter {flt.name!r} takes too long to evaluate (over "
+                f"{NAME_FILTER_TIMEOUT_S * 1000:.0f} ms on one name): simplify the regular expression"
+            ) from None
     return all(tag in model.tags for tag in flt.tags)
 
 
-def compile_name(pattern: str | None) -> re.Pattern[str] | None:
+def compile_name(pattern: str | None) -> regex.Pattern[str] | None:
     if pattern is None:
         return None
     try:
-        return re.compile(pattern)
-    except re.error as exc:
+        return regex.compile(pattern)
+    except regex.error as exc:
         raise BadRequest(f"model name filter {pattern!r} is not a valid regular expression: {exc}") from None
 
 
@@ -130,7 +145,13 @@ class ModelRegistry:
     # -- create --------------------------------------------------------------
 
     def create(self, spec: ModelCreate) -> Model:
-        """Register a model; fetches ``spec.url`` into the store first when no artifact is given."""
+        """Register a model; fetches ``spec.url`` into the store first when no artifact is given.
+
+        The file name is checked first (:class:`BadRequest` naming the problem): replicas keep
+        the artifact under it, so it must be one plain path component.
+        """
+        if spec.filename is not None:
+            check_filename(spec.filename, "model")
         if spec.artifact_sha256:
             sha = spec.artifact_sha256
             if not self.artifacts.exists(sha):

@@ -6,6 +6,11 @@ because engines and user code look at the extension (``.json`` for XGBoost,
 written to a temporary name and renamed only once its hash matches, so a
 crash mid-download never leaves a corrupt file that looks cached.
 
+The sha256 and file name come from the control plane's database and become path parts
+here, so :meth:`ArtifactCache.cached_path` refuses any that could leave the cache folder
+(``..``, separators, NUL, not a sha256...) before anything is created or written, even if
+the control plane let one in.
+
 A cached blob is hashed again the first time this process uses it: the cache
 folder outlives the process (and is shared by the workers of one machine), so
 a file damaged on disk, or put there by something other than this code, is
@@ -26,8 +31,10 @@ from pathlib import Path
 import httpx
 import orjson
 
+from modelyard.artifact_names import SHA256_RE, filename_problem
 from modelyard.config import ArtifactRef
 from modelyard.errors import ModelLoadError, NotFound, Unavailable
+from modelyard.preprocess_archive import ArchiveLimits
 
 log = logging.getLogger("modelyard.serving.fetch")
 
@@ -45,14 +52,35 @@ def file_sha256(path: Path) -> str:
 class ArtifactCache:
     """Downloads artifacts once per replica machine and hands out local paths."""
 
-    def __init__(self, cache_dir: Path, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self, cache_dir: Path, http: httpx.AsyncClient, archive_limits: ArchiveLimits | None = None
+    ) -> None:
         self.root = Path(cache_dir) / "blobs"
         self.http = http
+        self.archive_limits = archive_limits or ArchiveLimits()
+        """What a preprocess code archive fetched here may unpack to (``Settings.preprocess_archive_*``)."""
         self._locks: dict[str, asyncio.Lock] = {}
         self._verified: set[str] = set()
 
     def cached_path(self, ref: ArtifactRef) -> Path:
-        return self.root / ref.sha256 / (Path(ref.filename).name or "blob")
+        """``<cache>/blobs/<sha256>/<filename>``; :class:`ModelLoadError` naming the problem when
+        ``ref`` would put it anywhere else."""
+        if not SHA256_RE.match(ref.sha256):
+            raise ModelLoadError(
+                f"artifact {ref.filename!r}: id {ref.sha256!r} is not a sha256; nothing was downloaded"
+            )
+        # Names registered before the control plane checked them keep working as before (their
+        # last '/' component), as long as that component is a plain file name itself.
+        name = ref.filename.rsplit("/", 1)[-1]
+        problem = filename_problem(name)
+        if problem is not None:
+            raise ModelLoadError(
+                f"artifact {ref.sha256}: file name {ref.filename!r} {problem}; nothing was downloaded"
+            )
+        path = self.root / ref.sha256 / name
+        if path.resolve().parent != (self.root / ref.sha256).resolve():  # belt and braces
+            raise ModelLoadError(f"artifact {ref.sha256}: file name {ref.filename!r} leaves the cache folder")
+        return path
 
     async def path_for(self, ref: ArtifactRef) -> Path:
         """Local path of ``ref``, downloading and verifying it first if needed."""
