@@ -139,23 +139,36 @@ def test_model_from_unknown_artifact(client: httpx.Client, admin: dict[str, str]
     assert r.status_code == 404 and "b" * 64 in r.json()["error"]
 
 
-def test_model_by_local_path_and_file_url(
-    client: httpx.Client, admin: dict[str, str], tmp_path: Path
-) -> None:
+@contextmanager
+def _app_with(settings: Settings, **update: Any) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+    """A control plane with some settings changed: its client and admin headers."""
+    application = create_control_app(settings.model_copy(update=update))
+    try:
+        with serve(application) as client:
+            yield client, {"authorization": f"Bearer {settings.token_file().read_text().strip()}"}
+    finally:
+        application.state.db.dispose()
+
+
+def test_model_by_local_path_and_file_url(app_settings: Settings, tmp_path: Path) -> None:
+    """Paths on the control plane's disk: only with ``file`` among MODELYARD_MODEL_URL_SCHEMES
+    (tests/registry/test_model_url_policy.py: refused by default)."""
+    schemes = [*app_settings.model_url_schemes, "file"]
     src = tmp_path / "model.pkl"
     src.write_bytes(b"pickled")
     expected = hashlib.sha256(b"pickled").hexdigest()
-    for url in (str(src), src.as_uri()):
-        body = {"name": "m", "framework": "sklearn", "url": url}
+    with _app_with(app_settings, model_url_schemes=schemes) as (client, admin):
+        for url in (str(src), src.as_uri()):
+            body = {"name": "m", "framework": "sklearn", "url": url}
+            r = client.post("/api/models", json=body, headers=admin)
+            assert r.status_code == 201, r.text
+            assert r.json()["artifact"]["sha256"] == expected
+            assert r.json()["artifact"]["filename"] == "model.pkl"
+            assert r.json()["url"] == url
+        assert client.get(f"/api/artifacts/{expected}", headers=admin).content == b"pickled"
+        body = {"name": "m", "framework": "sklearn", "url": str(tmp_path / "missing.pkl")}
         r = client.post("/api/models", json=body, headers=admin)
-        assert r.status_code == 201, r.text
-        assert r.json()["artifact"]["sha256"] == expected
-        assert r.json()["artifact"]["filename"] == "model.pkl"
-        assert r.json()["url"] == url
-    assert client.get(f"/api/artifacts/{expected}", headers=admin).content == b"pickled"
-    body = {"name": "m", "framework": "sklearn", "url": str(tmp_path / "missing.pkl")}
-    r = client.post("/api/models", json=body, headers=admin)
-    assert r.status_code == 404 and "missing.pkl" in r.json()["error"]
+        assert r.status_code == 404 and "missing.pkl" in r.json()["error"]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -163,7 +176,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_model_by_http_url(client: httpx.Client, admin: dict[str, str], tmp_path: Path) -> None:
+def test_model_by_http_url(app_settings: Settings, tmp_path: Path) -> None:
+    """From a server on this machine: only with its network in MODELYARD_MODEL_URL_PRIVATE_NETWORKS."""
     www = tmp_path / "www"
     www.mkdir()
     (www / "net.onnx").write_bytes(b"onnx" * 1000)
@@ -176,7 +190,8 @@ def test_model_by_http_url(client: httpx.Client, admin: dict[str, str], tmp_path
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/net.onnx"
-        r = client.post("/api/models", json={"name": "n", "framework": "onnx", "url": url}, headers=admin)
+        with _app_with(app_settings, model_url_private_networks=["127.0.0.1/32"]) as (client, admin):
+            r = client.post("/api/models", json={"name": "n", "framework": "onnx", "url": url}, headers=admin)
         assert r.status_code == 201, r.text
         assert r.json()["artifact"]["sha256"] == hashlib.sha256(b"onnx" * 1000).hexdigest()
         assert r.json()["artifact"]["filename"] == "net.onnx"
@@ -228,7 +243,7 @@ def test_endpoint_writes_bump_revision_by_one(client: httpx.Client, admin: dict[
     assert r.status_code == 200 and r.json()["options"] == {"a": 1}
     assert r.json()["model_id"] == older["id"]
     assert _revision(client, "svc") == 4
-    assert client.get("/api/services/svc/endpoints/iris/1").json()["options"] == {"a": 1}
+    assert client.get("/api/services/svc/endpoints/iris/1", headers=admin).json()["options"] == {"a": 1}
     assert [e["key"] for e in client.get("/api/services/svc/endpoints").json()] == ["iris/1"]
     assert client.delete("/api/services/svc/endpoints/iris/1", headers=admin).status_code == 204
     assert _revision(client, "svc") == 5
@@ -348,9 +363,15 @@ def test_auth(client: httpx.Client, admin: dict[str, str]) -> None:
     assert client.delete("/api/models/x", headers=reader).status_code == 403
     assert client.get("/api/services", headers=reader).status_code == 200
     report = {"revision": 0, "endpoints": []}
-    assert client.put("/api/services/default/replicas/r", json=report, headers=reader).status_code == 204
+    refused = client.put("/api/services/default/replicas/r", json=report, headers=reader)
+    assert refused.status_code == 403 and "replica (or admin) token" in refused.json()["error"]
+    r = client.post("/api/tokens", json={"name": "rep", "role": "replica"}, headers=admin)
+    assert r.status_code == 201 and r.json()["role"] == "replica"
+    replica = {"authorization": f"Bearer {r.json()['token']}"}
+    assert client.put("/api/services/default/replicas/r", json=report, headers=replica).status_code == 204
+    assert client.post("/api/services", json={"name": "s"}, headers=replica).status_code == 403
     names = [t["name"] for t in client.get("/api/tokens", headers=admin).json()]
-    assert names == ["admin", "ro"]
+    assert names == ["admin", "rep", "ro"]
     assert "token" not in client.get("/api/tokens", headers=admin).json()[0]
     assert client.delete("/api/tokens/ro", headers=admin).status_code == 204
     assert client.get("/api/services", headers=reader).status_code == 200  # reads are open
@@ -424,7 +445,8 @@ def test_big_artifact_streamed_and_verified(client: httpx.Client, admin: dict[st
     r = client.post(f"/api/artifacts?sha256={'0' * 64}", content=b"x", headers=admin)
     assert r.status_code == 400 and "expected sha256" in r.json()["error"]
     assert client.get(f"/api/artifacts/{'0' * 64}", headers=admin).status_code == 404
-    assert client.get("/api/artifacts/not-a-hash", headers=admin).status_code == 400
+    bad = client.get("/api/artifacts/not-a-hash", headers=admin)
+    assert bad.status_code == 422 and "sha256" in bad.json()["error"]
 
 
 def test_upload_memory_stays_bounded(app: FastAPI, admin: dict[str, str]) -> None:

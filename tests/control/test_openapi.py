@@ -16,7 +16,7 @@ from modelyard.control.api import create_control_app
 from modelyard.server import create_all_in_one_app
 from modelyard.settings import Settings
 
-# (method, path) pairs every user of the API relies on; the README and docs/rest-api.md name them
+# (method, path) pairs every user of the API relies on; docs/rest-api.md and docs/data-plane.md name them
 EXPECTED = {
     ("get", "/api/health"),
     ("get", "/api/services"),

@@ -1,8 +1,9 @@
 """What replicas call needs a valid token: status reports, statistics pushes, artifact downloads.
 
 Reads stay open by default, but these three do not: a report or a stats push changes what the
-control plane shows (a mutating call), and an artifact is a private model. ``reader`` is enough
-(replicas should not hold admin rights); 401 without a token, 403 with an unknown one.
+control plane shows (a mutating call), and an artifact is a private model. Reports and stats
+need a ``replica`` (or ``admin``) token, so a ``reader`` token cannot forge them; downloads any
+valid token. 401 without a token, 403 with an unknown or too weak one.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def test_replica_calls_need_a_valid_token(control: tuple[httpx.Client, dict[str,
     client, admin = control
     uploaded = client.post("/api/artifacts", content=b"private model bytes", headers=admin)
     sha = uploaded.json()["sha256"]
-    created = client.post("/api/tokens", json={"name": "replica", "role": "reader"}, headers=admin)
+    created = client.post("/api/tokens", json={"name": "replica", "role": "replica"}, headers=admin)
+    replica = {"authorization": f"Bearer {created.json()['token']}"}
+    created = client.post("/api/tokens", json={"name": "ro", "role": "reader"}, headers=admin)
     reader = {"authorization": f"Bearer {created.json()['token']}"}
     ok = {"report": 204, "stats": 204, "artifact": 200}
     for name, call in _calls(client, sha).items():
@@ -56,16 +59,23 @@ def test_replica_calls_need_a_valid_token(control: tuple[httpx.Client, dict[str,
         wrong = call({"authorization": "Bearer not-a-token"})
         assert wrong.status_code == 403, (name, wrong.text)
         assert wrong.json()["kind"] == "forbidden"
-        assert call(reader).status_code == ok[name], name
+        assert call(replica).status_code == ok[name], name
         assert call(admin).status_code == ok[name], name
+    assert client.get(f"/api/artifacts/{sha}", headers=replica).content == b"private model bytes"
+    # a reader token reads (artifacts too) but cannot forge what replicas report
     assert client.get(f"/api/artifacts/{sha}", headers=reader).content == b"private model bytes"
+    forged = {"revision": 1, "endpoints": [{"key": "e", "state": "failed", "error": "forged"}]}
+    for path, body in (("r-2", forged), ("r-2/stats", {"time": 1.0, "endpoints": {}})):
+        refused = client.put(f"/api/services/default/replicas/{path}", json=body, headers=reader)
+        assert refused.status_code == 403, refused.text
+        assert "needs a replica (or admin) token" in refused.json()["error"]
     # refused calls left nothing behind; the accepted report is there
     replicas = client.get("/api/services/default/status").json()["replicas"]
     assert [r["id"] for r in replicas] == ["r-1"]
     # a revoked token stops working at once
     assert client.delete("/api/tokens/replica", headers=admin).status_code == 204
     for name, call in _calls(client, sha).items():
-        assert call(reader).status_code == 403, name
+        assert call(replica).status_code == 403, name
 
 
 def _answer(url: str) -> str | None:
@@ -97,7 +107,7 @@ def test_standalone_replica_needs_its_token_and_sends_it(settings: Settings, tmp
             model_id=api.model(tmp_path / "m.pkl", "iris"),
             preprocess=api.code(PREPROCESS_XY.replace("TAG", "ok")),
         )
-        reader = api.http.post("/api/tokens", json={"name": "replica", "role": "reader"}).json()["token"]
+        replica = api.http.post("/api/tokens", json={"name": "replica", "role": "replica"}).json()["token"]
         base = {"control_plane_url": control_url, "sync_wait_s": 2, "sync_retry_s": 0.2}
 
         anonymous = settings.model_copy(update={**base, "home": tmp_path / "anonymous", "token": None})
@@ -108,9 +118,13 @@ def test_standalone_replica_needs_its_token_and_sends_it(settings: Settings, tmp
             assert httpx.post(f"{replica_url}/serve/iris/1", json={"x0": 1, "x1": 2}).status_code == 503
             assert api.http.get("/api/services/default/status").json()["replicas"] == []
 
-        with_token = settings.model_copy(update={**base, "home": tmp_path / "replica", "token": reader})
+        with_token = settings.model_copy(update={**base, "home": tmp_path / "replica", "token": replica})
         with run_uvicorn_in_thread(create_inference_app(with_token)) as replica_url:
             assert wait_for(lambda: _answer(replica_url)) == "ok"
-            replicas = wait_for(lambda: api.http.get("/api/services/default/status").json()["replicas"])
-            assert replicas[0]["endpoints"][0]["state"] == "ready"
+
+            def reported_ready() -> bool:
+                replicas = api.http.get("/api/services/default/status").json()["replicas"]
+                return bool(replicas) and replicas[0]["endpoints"][0]["state"] == "ready"
+
+            wait_for(reported_ready)  # the report sent while loading may come first
     app.state.db.dispose()

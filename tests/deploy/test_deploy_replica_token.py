@@ -39,7 +39,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_replica_token_from_settings_is_a_reader_token(settings: Settings, database_url: str) -> None:
+def test_replica_token_from_settings_is_a_replica_token(settings: Settings, database_url: str) -> None:
     configured = settings.model_copy(update={"database_url": database_url, "replica_token": TOKEN})
     with control(configured) as client:
         admin = bearer(settings.token_file().read_text().strip())
@@ -66,7 +66,7 @@ def test_replica_token_from_settings_is_a_reader_token(settings: Settings, datab
             assert response.status_code == 403, response.text
             assert "admin token" in response.json()["error"]
         tokens = {t["name"]: t["role"] for t in client.get("/api/tokens", headers=admin).json()}
-        assert tokens[REPLICA_TOKEN_NAME] == "reader"
+        assert tokens[REPLICA_TOKEN_NAME] == "replica"
         assert [r["id"] for r in client.get("/api/services/default/status").json()["replicas"]] == ["pod-1"]
 
     with control(configured) as client:  # a restart registers nothing new

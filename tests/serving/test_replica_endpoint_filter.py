@@ -122,7 +122,7 @@ def test_a_filtered_replica_serves_only_its_predictor(settings: Settings, tmp_pa
                         answer.text,
                     )
             assert httpx.get(f"{url}/v2/models/iris/versions/b").status_code == 404
-            # the control plane took its report (the replica token is a reader token)
+            # the control plane took its report (the replica token has the replica role)
             replicas = wait_for(lambda: api.http.get("/api/services/default/status").json()["replicas"])
             assert [e["key"] for e in replicas[0]["endpoints"]] == ["iris/a"]
             # the last-known copy on disk is the whole configuration (another filter needs no control plane)
@@ -163,7 +163,7 @@ def test_a_refused_report_is_a_warning_once_per_status(
             assert "403" in record.getMessage() and "MODELYARD_TOKEN" in record.getMessage()
             assert not api.http.get("/api/services/default/status").json()["replicas"]
             # a token that works: reports are accepted, and that is said once too
-            created = api.http.post("/api/tokens", json={"name": "r", "role": "reader"}).json()["token"]
+            created = api.http.post("/api/tokens", json={"name": "r", "role": "replica"}).json()["token"]
             sync.http.headers["authorization"] = f"Bearer {created}"
             sync._report_wanted.set()
             wait_for(lambda: api.http.get("/api/services/default/status").json()["replicas"])

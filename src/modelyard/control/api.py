@@ -4,9 +4,10 @@
 ``modelyard control``) calls; it migrates the database, builds the core
 objects (kept on ``app.state`` for the dashboard and tests), makes sure the
 admin token and the default service exist, and mounts :func:`create_router`
-under ``/api``. Every error leaves as ``{"error": ..., "kind": ...}`` with the
-status from :mod:`modelyard.http_errors`; anything unexpected is logged here
-and answered 500 without detail.
+under ``/api`` (its routes check the token, then bound the body, before reading it:
+:class:`~modelyard.control.guard.GuardedRoute`). Every error leaves as
+``{"error": ..., "kind": ...}`` with the status from :mod:`modelyard.http_errors`; anything
+unexpected is logged here and answered 500 without detail.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.artifacts import ArtifactStore
+from modelyard.control.auth import Auth
+from modelyard.control.guard import MAX_BODY_STATE
+from modelyard.control.openapi import describe_api
 from modelyard.control.plane import ControlPlane
 from modelyard.control.routes import create_router
 from modelyard.control.tokens import REPLICA_TOKEN_NAME
@@ -53,12 +58,30 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": _validation_message(exc), "kind": "validation_error"}, status_code=422)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of ``request``'s path answers (Starlette's 405 names one route's).
+
+    Asks the router itself, method by method, so included routers (nested or not) count.
+    """
+    allowed = []
+    for method in PROBED_METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        methods = allowed_methods(request)
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"} | {"allow": ", ".join(methods)}
     return JSONResponse(
-        {"error": str(exc.detail), "kind": "http_error"},
-        status_code=exc.status_code,
-        headers=dict(exc.headers or {}),
+        {"error": str(exc.detail), "kind": "http_error"}, status_code=exc.status_code, headers=headers
     )
 
 
@@ -104,12 +127,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def _include_monitoring(app: FastAPI, plane: ControlPlane, settings: Settings) -> None:
     """Metric rules and live stats under ``/api``, and the web dashboard at ``/ui``."""
-    from modelyard.control.auth import Auth
     from modelyard.control.monitoring import Monitoring
     from modelyard.control.monitoring_routes import create_monitoring_router
     from modelyard.dashboard.app import create_dashboard_router
 
-    monitoring = Monitoring(plane.db, on_change=plane._changed)
+    monitoring = Monitoring(
+        plane.db,
+        on_change=plane._changed,
+        max_report_bytes=settings.stats_max_bytes,
+        max_replicas=settings.stats_max_replicas,
+    )
     auth = Auth(plane, require_token_for_reads=settings.require_token_for_reads)
     app.state.monitoring = monitoring
     app.include_router(create_monitoring_router(monitoring, auth), prefix="/api")
@@ -118,7 +145,6 @@ def _include_monitoring(app: FastAPI, plane: ControlPlane, settings: Settings) -
 
 def _include_traffic(app: FastAPI, plane: ControlPlane, settings: Settings) -> None:
     """Canary routing endpoints and auto-deploy rules under ``/api``; the registry's deploy hook."""
-    from modelyard.control.auth import Auth
     from modelyard.control.autodeploy import AutoDeploy
     from modelyard.control.canary import Canaries
     from modelyard.control.traffic_routes import create_traffic_router
@@ -143,12 +169,12 @@ def create_control_app(settings: Settings, *, engine_names: Iterable[str] | None
     home.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url())
     upgrade(db)
-    artifacts = ArtifactStore(settings.resolved_artifacts_url(), dict(settings.artifacts_options))
+    artifacts = ArtifactStore.from_settings(settings)  # also removes interrupted uploads
     plane = ControlPlane(db, artifacts, engine_names=engine_names)
     plane.ensure_admin_token(settings.token_file())
-    if settings.replica_token:  # Kubernetes: the replicas' reader token, from a Secret
-        role = plane.tokens.register(settings.replica_token, "reader", REPLICA_TOKEN_NAME, replace=True)
-        if role != "reader":
+    if settings.replica_token:  # Kubernetes: the replicas' token, from a Secret
+        role = plane.tokens.register(settings.replica_token, "replica", REPLICA_TOKEN_NAME, replace=True)
+        if role != "replica":
             log.warning("MODELYARD_REPLICA_TOKEN is an admin token: replicas holding it can change anything")
     plane.ensure_service(settings.service)
 
@@ -163,13 +189,20 @@ def create_control_app(settings: Settings, *, engine_names: Iterable[str] | None
     app.state.artifacts = artifacts
     app.state.plane = plane
     app.state.registry = plane.registry
-    app.include_router(
-        create_router(plane, require_token_for_reads=settings.require_token_for_reads), prefix="/api"
+    router = create_router(
+        plane,
+        require_token_for_reads=settings.require_token_for_reads,
+        max_artifact_bytes=settings.max_artifact_bytes,
+        anonymous_long_polls=settings.anonymous_long_polls,
     )
+    app.include_router(router, prefix="/api")
     _include_monitoring(app, plane, settings)
     _include_traffic(app, plane, settings)
+    setattr(app.state, MAX_BODY_STATE, settings.control_max_body_bytes)  # read by GuardedRoute
     from modelyard.control.metrics_routes import include_control_metrics
 
     include_control_metrics(app, plane, settings)  # GET /metrics, API request counts
     install_error_handlers(app)
+    auth = Auth(plane, require_token_for_reads=settings.require_token_for_reads)
+    describe_api(app, auth, engine_names=sorted(plane.engine_names))
     return app

@@ -20,21 +20,21 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from modelyard.config import ArtifactRef, check_name
+from modelyard.config import ArtifactRef, TensorSpec, check_name
 from modelyard.control.canary import service_row
 from modelyard.control.revisions import check_expected_revision
-from modelyard.errors import Conflict, NotFound
+from modelyard.errors import BadRequest, Conflict, NotFound
 from modelyard.registry.schemas import ModelFilter
 from modelyard.registry.service import select_models
 from modelyard.store import Database, EndpointRow, ModelRow, ServiceRow, utcnow
 from modelyard.store.tables import AutoDeployRow, CanaryRow
 
-_COPIED = ("engine", "preprocess", "options", "auxiliary")
+_COPIED = ("engine", "preprocess", "options", "auxiliary", "inputs", "outputs")
 """What a deployed endpoint version takes from its rule (and ``apply_to_existing`` rewrites)."""
 
 
@@ -69,6 +69,9 @@ class AutoDeploySpec(BaseModel):
     preprocess: ArtifactRef | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     auxiliary: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    """Declared inputs of each deployed version (``--input-name/-type/-size``)."""
+    outputs: list[TensorSpec] = Field(default_factory=list)
 
     _endpoint = field_validator("endpoint")(lambda v: check_name(v, "endpoint"))
     _name = field_validator("name")(_check_regex)
@@ -86,6 +89,10 @@ class AutoDeploySpec(BaseModel):
         return re.fullmatch(self.name, model.name) is not None
 
 
+_CLEARED: dict[str, Any] = {"options": {}, "auxiliary": {}, "tags": [], "inputs": [], "outputs": []}
+"""What a null in a PATCH sets these fields to."""
+
+
 class AutoDeployPatch(BaseModel):
     """``PATCH .../auto-deploy/{endpoint}``: the fields present replace the rule's."""
 
@@ -100,8 +107,11 @@ class AutoDeployPatch(BaseModel):
     preprocess: ArtifactRef | None = None
     options: dict[str, Any] | None = None
     auxiliary: dict[str, Any] | None = None
+    inputs: list[TensorSpec] | None = None
+    outputs: list[TensorSpec] | None = None
     apply_to_existing: bool = False
-    """Also rewrite engine, preprocess, options and auxiliary of the versions already deployed."""
+    """Also rewrite engine, preprocess, options, auxiliary, inputs and outputs of the versions
+    already deployed."""
 
     _name = field_validator("name")(lambda v: None if v is None else _check_regex(v))
     _max = field_validator("max_versions")(lambda v: None if v is None else _check_max(v))
@@ -251,8 +261,13 @@ class AutoDeploy:
             svc = service_row(session, service, lock=True)
             check_expected_revision(service, svc.revision, expected_revision)
             row = self._rule(session, svc, endpoint)
-            merged = {**row.spec, **{k: getattr(patch, k) for k in given}}
-            spec = AutoDeploySpec.model_validate(merged)
+            # null clears a list or mapping (as an endpoint PATCH does); other fields cannot be null
+            changes = {k: _CLEARED.get(k) if getattr(patch, k) is None else getattr(patch, k) for k in given}
+            try:
+                spec = AutoDeploySpec.model_validate({**row.spec, **changes})
+            except ValidationError as exc:
+                fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+                raise BadRequest(f"auto-deploy rule {endpoint!r}: {fields} cannot be null") from None
             row.spec = self._spec(spec) if given & {"engine", "preprocess"} else spec.model_dump(mode="json")
             row.updated_at = utcnow()
             if patch.apply_to_existing:
@@ -327,8 +342,8 @@ class AutoDeploy:
                     engine=spec.engine,
                     model_id=model.id,
                     preprocess=row.spec.get("preprocess"),
-                    inputs=[],
-                    outputs=[],
+                    inputs=list(row.spec.get("inputs") or []),
+                    outputs=list(row.spec.get("outputs") or []),
                     options=dict(spec.options),
                     auxiliary=dict(spec.auxiliary),
                     created_at=now,

@@ -2,12 +2,18 @@
 
 Kept apart from :mod:`modelyard.control.plane` so the conversion rules (what a
 replica gets to see) are readable in one place.
+
+Endpoint ``options`` and ``auxiliary`` values may be credentials (an ``api_key`` for a
+remote engine, a database password for user code), and reads are open by default: a
+caller without a valid token gets every such value replaced by :data:`REDACTED` (the keys
+stay, so the shape is visible). Replicas present a token and get the real values.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,6 +30,26 @@ from modelyard.control.monitoring import rules_of
 from modelyard.control.schemas import Endpoint
 from modelyard.registry import model_from_row
 from modelyard.store import EndpointRow, ModelRow, ServiceRow
+
+REDACTED = "<redacted>"
+"""What an anonymous caller reads instead of each ``options``/``auxiliary`` value."""
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def redact(value: _M) -> _M:
+    """``value`` (an Endpoint, EndpointConfig, auto-deploy rule...) with its option values hidden."""
+    update = {
+        field: {key: REDACTED for key in getattr(value, field)}
+        for field in ("options", "auxiliary")
+        if getattr(value, field, None)
+    }
+    return value.model_copy(update=update) if update else value
+
+
+def redact_config(config: ServiceConfig) -> ServiceConfig:
+    """The anonymous view of a service's configuration."""
+    return config.model_copy(update={"endpoints": [redact(e) for e in config.endpoints]})
 
 
 def _tensors(raw: list[dict[str, Any]] | None) -> list[TensorSpec]:

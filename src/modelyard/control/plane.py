@@ -11,6 +11,7 @@ writers of the same service across processes.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -180,7 +181,9 @@ class ControlPlane:
     def _check_engine(self, engine: str) -> None:
         if engine not in self.engine_names:
             known = ", ".join(sorted(self.engine_names))
-            raise BadRequest(f"unknown engine {engine!r}; known engines: {known}")
+            close = difflib.get_close_matches(engine.lower(), sorted(self.engine_names), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise BadRequest(f"unknown engine {engine!r}{hint}; known engines: {known}")
 
     def _resolve_model(self, session: Session, model_id: str | None, query: ModelQuery | None) -> str | None:
         if model_id is not None and query is not None:
@@ -196,6 +199,7 @@ class ControlPlane:
             return None
         if not self.artifacts.exists(ref.sha256):
             raise NotFound(f"preprocess artifact {ref.sha256} ({ref.filename}) not found")
+        self.artifacts.check_code(ref)  # file name (400); archive members and limits (400/413)
         ref = ref.model_copy(update={"size": self.artifacts.size(ref.sha256)})
         return ref.model_dump(mode="json")
 
@@ -287,9 +291,9 @@ class ControlPlane:
         """Replace the fields present in ``patch``; the rest stay as they are."""
         given = patch.model_fields_set
         endpoint, version = split_endpoint_key(key)
-        if "endpoint" in given and patch.endpoint != endpoint:
+        if patch.endpoint is not None and patch.endpoint != endpoint:
             raise BadRequest(f"cannot rename endpoint {key!r} by PATCH; add the new one, remove the old")
-        if "version" in given and (patch.version or "") != version:
+        if patch.version is not None and patch.version != version:
             raise BadRequest(f"cannot change the version of endpoint {key!r} by PATCH")
         if "engine" in given:
             if patch.engine is None:

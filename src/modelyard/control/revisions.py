@@ -20,24 +20,27 @@ from fastapi import Header
 from modelyard.errors import BadRequest, RevisionConflict
 
 REVISION_HEADER = "x-modelyard-revision"
-_ETAG = re.compile(r'^\s*(?:W/)?"?(\d+)"?\s*$')
+IF_MATCH_PATTERN = r'^(\*|(W/)?"?[0-9]{1,18}"?)$'
+"""What ``If-Match`` may hold (the OpenAPI document says so too): ``*``, ``7``, ``"7"``, ``W/"7"``."""
+_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')
 
 
 def parse_if_match(value: str | None) -> int | None:
-    """``7``, ``"7"`` or ``W/"7"`` → 7; absent or ``*`` → None (no check)."""
-    if value is None or value.strip() in ("", "*"):
+    """``7``, ``"7"`` or ``W/"7"`` → 7; absent or ``*`` → None (no check); anything else is 400."""
+    if value is None or value.strip() == "*":
         return None
-    match = _ETAG.match(value.split(",")[0])
+    match = _ETAG.fullmatch(value.strip())
     if match is None:
-        raise BadRequest(f'If-Match {value!r} is not a service revision (a number such as "7")')
+        raise BadRequest(f'If-Match {value!r} is not a service revision (a number such as "7", or *)')
     return int(match.group(1))
 
 
 def if_match(
-    value: str | None = Header(
+    value: str = Header(  # absent: None (not in the OpenAPI type: a header is a string or absent)
         default=None,
         alias="If-Match",
         description="The service revision this change was made against; 409 if the service moved on.",
+        json_schema_extra={"pattern": IF_MATCH_PATTERN},
     ),
 ) -> int | None:
     """FastAPI dependency: the expected revision from ``If-Match``, or None."""

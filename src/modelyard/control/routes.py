@@ -3,25 +3,34 @@
 Blocking work (database, artifact store) runs in worker threads: plain ``def``
 routes get that from FastAPI, the async ones (artifact upload, config long-poll)
 hop to threads explicitly, so the event loop never waits on SQL or disk.
+
+The token is checked before a body is read (:mod:`modelyard.control.guard`); what the
+OpenAPI document says about errors and security is added in :mod:`modelyard.control.openapi`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from modelyard.artifacts import check_sha256
+from modelyard.artifacts import SHA256_RE, check_sha256
+from modelyard.config import ServiceConfig
 from modelyard.control.auth import Auth
+from modelyard.control.endpoints import redact, redact_config
+from modelyard.control.guard import GuardedRoute, declared_length
 from modelyard.control.plane import ControlPlane
-from modelyard.control.revisions import if_match, revision_headers
+from modelyard.control.revisions import REVISION_HEADER, if_match, revision_headers
 from modelyard.control.schemas import (
+    NAME_PATTERN,
     Endpoint,
     EndpointPatch,
     EndpointSpec,
     ReplicaReport,
+    Role,
     Service,
     ServiceCreate,
     ServiceStatus,
@@ -30,25 +39,55 @@ from modelyard.control.schemas import (
     TokenInfo,
 )
 from modelyard.control.watch import RevisionWatch
-from modelyard.errors import BadRequest
+from modelyard.errors import Overloaded, PayloadTooLarge
 from modelyard.registry import Model, ModelCreate, ModelFilter, TagsChange
+from modelyard.settings import Settings
 
 MAX_WAIT_S = 60.0
+DEFAULT_MAX_ARTIFACT_BYTES: int = Settings.model_fields["max_artifact_bytes"].default
+DEFAULT_ANONYMOUS_LONG_POLLS: int = Settings.model_fields["anonymous_long_polls"].default
+KEY_PATTERN = f"^{NAME_PATTERN.strip('^$')}(/{NAME_PATTERN.strip('^$')})?$"
+"""An endpoint version's key: ``iris`` or ``iris/1``."""
+
+ServiceName = Annotated[str, Path(pattern=NAME_PATTERN, description="A service name.")]
+EndpointKey = Annotated[
+    str, Path(pattern=KEY_PATTERN, description="`endpoint/version`, or `endpoint` for the unversioned one.")
+]
+Sha256 = Annotated[str, Path(pattern=SHA256_RE.pattern, description="64 lowercase hex digits.")]
+ReplicaId = Annotated[str, Path(min_length=1, max_length=256)]
+Name = Annotated[str, Path(pattern=NAME_PATTERN)]
+"""A token, canary or auto-deploy rule name."""
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+_REVISION = {REVISION_HEADER: {"description": "The service's revision.", "schema": {"type": "integer"}}}
+
+
+class ArtifactStored(BaseModel):
+    sha256: str
+    size: int
 
 
 def _no_content() -> Response:
     return Response(status_code=204)
 
 
-def create_router(plane: ControlPlane, *, require_token_for_reads: bool = False) -> APIRouter:
+def create_router(
+    plane: ControlPlane,
+    *,
+    require_token_for_reads: bool = False,
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+    anonymous_long_polls: int = DEFAULT_ANONYMOUS_LONG_POLLS,
+) -> APIRouter:
     """All control plane routes (mount under ``/api``), bound to ``plane``."""
     auth = Auth(plane, require_token_for_reads=require_token_for_reads)
     read = [Depends(auth.read())]
     admin = [Depends(auth.admin())]
     member = [Depends(auth.member())]
+    replica = [Depends(auth.replica())]
+    viewer = auth.read()  # as a parameter: the caller's role, None when anonymous
     watch = RevisionWatch(plane.current_revision)
     plane.add_listener(watch.notify)
-    router = APIRouter()
+    anonymous_waiting = 0
+    router = APIRouter(route_class=GuardedRoute)
 
     @router.get("/health")
     def health() -> dict[str, str]:
@@ -65,35 +104,64 @@ def create_router(plane: ControlPlane, *, require_token_for_reads: bool = False)
         return plane.create_service(body.name, body.description)
 
     @router.get("/services/{name}", dependencies=read)
-    def get_service(name: str) -> Service:
+    def get_service(name: ServiceName) -> Service:
         return plane.get_service(name)
 
     @router.delete("/services/{name}", dependencies=admin, status_code=204, response_class=Response)
-    def delete_service(name: str, expected: int | None = Depends(if_match)) -> Response:
+    def delete_service(name: ServiceName, expected: int | None = Depends(if_match)) -> Response:
         plane.delete_service(name, expected_revision=expected)
         return _no_content()
 
     # -- artifacts --------------------------------------------------------------
 
-    @router.post("/artifacts", dependencies=admin, status_code=201)
-    async def upload_artifact(request: Request, sha256: str | None = Query(default=None)) -> dict[str, Any]:
-        """Stream the body into the store chunk by chunk; ``sha256`` (optional) is verified."""
+    @router.post(
+        "/artifacts",
+        dependencies=admin,
+        status_code=201,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}},
+    )
+    async def upload_artifact(
+        request: Request,
+        sha256: str | None = Query(default=None, pattern=SHA256_RE.pattern),
+    ) -> ArtifactStored:
+        """Stream the body to the store chunk by chunk (at most ``max_artifact_bytes``);
+        ``sha256`` (optional) is verified."""
+        too_large = PayloadTooLarge(
+            f"artifact is larger than the limit of {max_artifact_bytes} bytes (MODELYARD_MAX_ARTIFACT_BYTES)"
+        )
+        length = declared_length(request.headers)
+        if length is not None and length > max_artifact_bytes:
+            raise too_large
         writer = await run_in_threadpool(plane.artifacts.writer)
         try:
             async for chunk in request.stream():
                 if chunk:
+                    if writer.size + len(chunk) > max_artifact_bytes:
+                        raise too_large
                     await run_in_threadpool(writer.write, chunk)
-            sha, size = await run_in_threadpool(writer.commit)
+            sha, size = await run_in_threadpool(writer.commit, sha256)  # other bytes: 400, not stored
         except BaseException:
             await run_in_threadpool(writer.abort)
             raise
         await run_in_threadpool(plane.registry.record_artifact, sha, size)
-        if sha256 is not None and sha256.lower() != sha:
-            raise BadRequest(f"artifact upload: expected sha256 {sha256}, received bytes hash to {sha}")
-        return {"sha256": sha, "size": size}
+        return ArtifactStored(sha256=sha, size=size)
 
-    @router.get("/artifacts/{sha256}", dependencies=member)
-    def download_artifact(sha256: str) -> StreamingResponse:
+    @router.get(
+        "/artifacts/{sha256}",
+        dependencies=member,
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "The artifact's bytes.",
+                "content": {"application/octet-stream": BINARY},
+                "headers": {
+                    "content-length": {"schema": {"type": "integer"}},
+                    "etag": {"description": "The sha256, quoted.", "schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    def download_artifact(sha256: Sha256) -> StreamingResponse:
         check_sha256(sha256)
         size = plane.artifacts.size(sha256)
         return StreamingResponse(
@@ -141,28 +209,46 @@ def create_router(plane: ControlPlane, *, require_token_for_reads: bool = False)
 
     # -- endpoints ----------------------------------------------------------------
 
-    @router.get("/services/{service}/endpoints", dependencies=read)
-    def list_endpoints(service: str, response: Response) -> list[Endpoint]:
+    @router.get(
+        "/services/{service}/endpoints",
+        dependencies=read,
+        responses={200: {"headers": {**_REVISION, "etag": {"schema": {"type": "string"}}}}},
+    )
+    def list_endpoints(
+        service: ServiceName, response: Response, role: Role | None = Depends(viewer)
+    ) -> list[Endpoint]:
         endpoints, revision = plane.list_endpoints_at(service)
         response.headers.update(revision_headers(revision))
-        return endpoints
+        return endpoints if role else [redact(e) for e in endpoints]
 
-    @router.post("/services/{service}/endpoints", dependencies=admin, status_code=201)
+    @router.post(
+        "/services/{service}/endpoints",
+        dependencies=admin,
+        status_code=201,
+        response_model=Endpoint,
+        responses={200: {"model": Endpoint, "description": "Replaced the same endpoint version."}},
+    )
     def add_endpoint(
-        service: str, body: EndpointSpec, expected: int | None = Depends(if_match)
+        service: ServiceName, body: EndpointSpec, expected: int | None = Depends(if_match)
     ) -> JSONResponse:
         endpoint, created = plane.add_endpoint(service, body, expected_revision=expected)
         return JSONResponse(endpoint.model_dump(mode="json"), status_code=201 if created else 200)
 
-    @router.get("/services/{service}/endpoints/{key:path}", dependencies=read)
-    def get_endpoint(service: str, key: str, response: Response) -> Endpoint:
+    @router.get(
+        "/services/{service}/endpoints/{key:path}",
+        dependencies=read,
+        responses={200: {"headers": {**_REVISION, "etag": {"schema": {"type": "string"}}}}},
+    )
+    def get_endpoint(
+        service: ServiceName, key: EndpointKey, response: Response, role: Role | None = Depends(viewer)
+    ) -> Endpoint:
         endpoint, revision = plane.get_endpoint_at(service, key)
         response.headers.update(revision_headers(revision))
-        return endpoint
+        return endpoint if role else redact(endpoint)
 
     @router.patch("/services/{service}/endpoints/{key:path}", dependencies=admin)
     def update_endpoint(
-        service: str, key: str, body: EndpointPatch, expected: int | None = Depends(if_match)
+        service: ServiceName, key: EndpointKey, body: EndpointPatch, expected: int | None = Depends(if_match)
     ) -> Endpoint:
         return plane.update_endpoint(service, key, body, expected_revision=expected)
 
@@ -172,43 +258,74 @@ def create_router(plane: ControlPlane, *, require_token_for_reads: bool = False)
         status_code=204,
         response_class=Response,
     )
-    def remove_endpoint(service: str, key: str, expected: int | None = Depends(if_match)) -> Response:
+    def remove_endpoint(
+        service: ServiceName, key: EndpointKey, expected: int | None = Depends(if_match)
+    ) -> Response:
         plane.remove_endpoint(service, key, expected_revision=expected)
         return _no_content()
 
     # -- configuration (long-poll) ------------------------------------------------------
 
-    @router.get("/services/{service}/config", dependencies=read)
+    @router.get(
+        "/services/{service}/config",
+        response_model=ServiceConfig,
+        responses={
+            200: {"headers": _REVISION},
+            304: {"description": "No change within `wait` seconds.", "headers": _REVISION},
+            503: {"description": "Too many long-polls without a token wait already; retry."},
+        },
+    )
     async def get_config(
         request: Request,
-        service: str,
-        after: int | None = Query(default=None),
-        wait: float = Query(default=0.0, ge=0.0),
+        service: ServiceName,
+        after: int | None = Query(default=None, ge=0, le=2**62),
+        wait: float = Query(default=0.0, ge=0.0, allow_inf_nan=False),
+        role: Role | None = Depends(viewer),
     ) -> Response:
-        """The ServiceConfig once its revision differs from ``after``; 304 after ``wait`` s otherwise."""
+        """The ServiceConfig once its revision differs from ``after``; 304 after ``wait`` s otherwise.
+
+        Anonymous callers see option values redacted, and at most ``anonymous_long_polls`` of
+        them wait at once (503 with Retry-After beyond): a caller without a token must not be
+        able to hold an unbounded number of connections.
+        """
+        nonlocal anonymous_waiting
         if after is not None:
-            found = await watch.wait(service, after, min(wait, MAX_WAIT_S), request.is_disconnected)
+            timeout = min(wait, MAX_WAIT_S)
+            anonymous = role is None and timeout > 0
+            if anonymous:
+                if anonymous_waiting >= anonymous_long_polls:
+                    raise Overloaded(
+                        f"{anonymous_waiting} long-polls without a token are waiting already (the limit); "
+                        "send a bearer token, or retry",
+                        retry_after=1,
+                    )
+                anonymous_waiting += 1
+            try:
+                found = await watch.wait(service, after, timeout, request.is_disconnected)
+            finally:
+                if anonymous:
+                    anonymous_waiting -= 1
             if found is None:
-                return Response(status_code=304, headers={"x-modelyard-revision": str(after)})
+                return Response(status_code=304, headers={REVISION_HEADER: str(after)})
         config = await run_in_threadpool(plane.render_config, service)
-        return JSONResponse(
-            config.model_dump(mode="json"), headers={"x-modelyard-revision": str(config.revision)}
-        )
+        if role is None:
+            config = redact_config(config)
+        return JSONResponse(config.model_dump(mode="json"), headers={REVISION_HEADER: str(config.revision)})
 
     # -- replicas ----------------------------------------------------------------------
 
     @router.put(
         "/services/{service}/replicas/{replica_id}",
-        dependencies=member,
+        dependencies=replica,
         status_code=204,
         response_class=Response,
     )
-    def report_replica(service: str, replica_id: str, body: ReplicaReport) -> Response:
+    def report_replica(service: ServiceName, replica_id: ReplicaId, body: ReplicaReport) -> Response:
         plane.report_replica(service, replica_id, body)
         return _no_content()
 
     @router.get("/services/{service}/status", dependencies=read)
-    def service_status(service: str) -> ServiceStatus:
+    def service_status(service: ServiceName) -> ServiceStatus:
         return plane.service_status(service)
 
     # -- tokens -------------------------------------------------------------------------
@@ -222,7 +339,7 @@ def create_router(plane: ControlPlane, *, require_token_for_reads: bool = False)
         return plane.list_tokens()
 
     @router.delete("/tokens/{name}", dependencies=admin, status_code=204, response_class=Response)
-    def revoke_token(name: str) -> Response:
+    def revoke_token(name: Name) -> Response:
         plane.revoke_token(name)
         return _no_content()
 

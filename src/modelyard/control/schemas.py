@@ -13,11 +13,17 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from modelyard.config import ArtifactRef, TensorSpec, check_name, endpoint_key
+from modelyard.config import NAME_RE, ArtifactRef, TensorSpec, check_name, endpoint_key
 from modelyard.registry.schemas import ModelFilter
 
-Role = Literal["admin", "reader"]
+Role = Literal["reader", "replica", "admin"]
+"""``reader`` reads; ``replica`` also reports status and statistics; ``admin`` changes anything."""
+
+NAME_PATTERN = NAME_RE.pattern
+"""What the OpenAPI document says names look like (services, endpoints, versions, tokens)."""
+NAME_SCHEMA: dict[str, Any] = {"pattern": NAME_PATTERN}
 
 
 class _Body(BaseModel):
@@ -28,11 +34,18 @@ class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+class ErrorBody(_Out):
+    """Every error answer of the control plane: the message names the problem, ``kind`` classifies it."""
+
+    error: str
+    kind: str
+
+
 # -- services ---------------------------------------------------------------
 
 
 class ServiceCreate(_Body):
-    name: str
+    name: str = Field(json_schema_extra=NAME_SCHEMA)
     description: str = ""
 
     @field_validator("name")
@@ -78,8 +91,8 @@ class _EndpointFields(_Body):
 class EndpointSpec(_EndpointFields):
     """What ``POST /api/services/{s}/endpoints`` takes: one endpoint version, whole."""
 
-    endpoint: str
-    version: str = ""
+    endpoint: str = Field(json_schema_extra=NAME_SCHEMA)
+    version: str = Field(default="", json_schema_extra={"pattern": f"^$|{NAME_PATTERN}"})
 
     @field_validator("endpoint")
     @classmethod
@@ -105,7 +118,8 @@ class EndpointPatch(_Body):
 
     endpoint: str | None = None
     version: str | None = None
-    engine: str | None = None
+    engine: str | SkipJsonSchema[None] = None
+    """Absent: unchanged; it cannot be cleared (400 for null)."""
     model_id: str | None = None
     model_query: ModelQuery | None = None
     preprocess: ArtifactRef | None = None
@@ -135,16 +149,33 @@ class Endpoint(_Out):
 # -- replicas ---------------------------------------------------------------
 
 
+class UserCodeErrorReport(BaseModel):
+    """The last error an endpoint version's code raised on a replica (the replica cuts the
+    message; the limits here only refuse what no replica sends)."""
+
+    hook: str = Field(max_length=64)
+    error: str = Field(max_length=2000)
+    """The answer's message: hook, exception, and the user's file:line."""
+    where: str | None = Field(default=None, max_length=2000)
+    time: str = Field(max_length=64)
+    """When it last happened (UTC, ISO 8601)."""
+    count: int = Field(ge=0)
+    """Errors of that kind (hook, exception type, line) since the version loaded."""
+    total: int = Field(ge=0)
+    """All user-code errors of the version since it loaded."""
+
+
 class ReplicaEndpointState(BaseModel):
     key: str
     state: str
     """``loading``, ``ready``, ``failed``... as the data plane names it."""
     error: str | None = None
     engine: str | None = None
+    last_user_error: UserCodeErrorReport | None = None
 
 
 class ReplicaReport(_Body):
-    revision: int
+    revision: int = Field(ge=0)
     endpoints: list[ReplicaEndpointState] = Field(default_factory=list)
 
 
@@ -165,7 +196,7 @@ class ServiceStatus(_Out):
 
 
 class TokenCreate(_Body):
-    name: str
+    name: str = Field(json_schema_extra=NAME_SCHEMA)
     role: Role = "reader"
 
     @field_validator("name")

@@ -5,11 +5,17 @@ installation is written to ``<home>/token`` (mode 0600) so the CLI on the same
 machine works with no setup; the file is created with ``O_EXCL`` so that
 several workers starting together agree on one token.
 
+Three roles, each allowed what the one below it may do and more:
+
+* ``reader`` reads (configurations with their options, artifact downloads);
+* ``replica`` also reports: replica status reports and statistics pushes, which change what
+  ``status``, the endpoint list and the dashboard show, so a reader cannot forge them;
+* ``admin`` changes anything.
+
 A deployment whose replicas cannot read that file (Kubernetes) gives the control plane a
-second secret instead, ``Settings.replica_token``: registered at start as the ``reader``
+second secret instead, ``Settings.replica_token``: registered at start as the ``replica``
 token ``replicas``, which replicas and queue workers present as their ``MODELYARD_TOKEN``.
-Reader is enough for what they call (status reports, statistics, artifact downloads), and
-a leaked replica secret cannot change anything.
+A leaked replica secret can forge reports but cannot change any configuration.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +36,18 @@ from modelyard.store import Database, TokenRow, utcnow
 
 ADMIN_TOKEN_NAME = "admin"
 REPLICA_TOKEN_NAME = "replicas"
+ROLES: tuple[Role, ...] = ("reader", "replica", "admin")
+"""Weakest first: a role may do what every role before it may."""
+
+
+def role_at_least(role: str | None, needed: Role) -> bool:
+    """Whether ``role`` may do what ``needed`` may (``None``, no token, may nothing)."""
+    return role in ROLES and ROLES.index(cast(Role, role)) >= ROLES.index(needed)
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise BadRequest(f"token role {role!r} is not one of: {', '.join(ROLES)}")
 
 
 def hash_token(token: str) -> str:
@@ -48,8 +66,7 @@ class TokenStore:
 
     def create(self, name: str, role: Role = "reader", token: str | None = None) -> TokenCreated:
         """A new token named ``name``; :class:`Conflict` if the name is taken."""
-        if role not in ("admin", "reader"):
-            raise BadRequest(f"token role {role!r} is not 'admin' or 'reader'")
+        _check_role(role)
         token = token or new_token()
         try:
             with self.db.write() as session:
@@ -66,15 +83,12 @@ class TokenStore:
             return None
         with self.db.read() as session:
             role = session.scalar(select(TokenRow.role).where(TokenRow.sha256 == hash_token(token)))
-        return cast(Role, role) if role in ("admin", "reader") else None
+        return cast(Role, role) if role in ROLES else None
 
     def list(self) -> list[TokenInfo]:
         with self.db.read() as session:
             rows = session.scalars(select(TokenRow).order_by(TokenRow.name)).all()
-            return [
-                TokenInfo(name=r.name, role=cast(Literal["admin", "reader"], r.role), created_at=r.created_at)
-                for r in rows
-            ]
+            return [TokenInfo(name=r.name, role=cast(Role, r.role), created_at=r.created_at) for r in rows]
 
     def revoke(self, name: str) -> None:
         with self.db.write() as session:
@@ -91,14 +105,14 @@ class TokenStore:
         """Make sure ``token`` is a known token of at least ``role``; returns the role it has.
 
         Idempotent, and safe when several processes start at once. A secret already
-        registered keeps its row: raised to ``admin`` when that is asked for, never lowered
-        (lowering would lock out whoever uses it as an admin token). A new secret gets the row
+        registered keeps its row: raised to ``role`` when that is stronger, never lowered
+        (lowering would lock out whoever uses it as an admin token; raising turns the
+        ``reader`` replica token of an older release into a ``replica`` one). A new secret gets the row
         ``name``: with ``replace`` an existing row of that name takes the new secret and role
         (the old secret stops working: a setting that names *the* token, such as
         ``replica_token``, was changed); without it the first free ``name-2``, ``name-3``...
         """
-        if role not in ("admin", "reader"):
-            raise BadRequest(f"token role {role!r} is not 'admin' or 'reader'")
+        _check_role(role)
         if not token:
             raise BadRequest("an empty token cannot be registered")
         digest = hash_token(token)
@@ -107,8 +121,8 @@ class TokenStore:
                 with self.db.write() as session:
                     row = session.scalar(select(TokenRow).where(TokenRow.sha256 == digest))
                     if row is not None:
-                        if role == "admin":
-                            row.role = "admin"
+                        if not role_at_least(row.role, role):
+                            row.role = role
                         return cast(Role, row.role)
                     named = session.scalar(select(TokenRow).where(TokenRow.name == name))
                     if named is not None and replace:

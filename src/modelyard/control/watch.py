@@ -8,7 +8,8 @@ single-process case answers without the polling delay.
 :class:`RevisionWatch` reads each watched service's revision ONCE per interval
 for the whole process, however many replicas long-poll it (a hundred replicas
 would otherwise be two thousand queries a second), and only while somebody
-waits.
+waits: nothing is kept for a service nobody waits on, and nothing at all for a name that
+is not a service (the long-poll is open to callers without a token).
 
 "Differs", not "is greater": a revision *below* ``after`` means the service was
 deleted and re-created (or the database replaced), and the replica's copy
@@ -94,9 +95,12 @@ class RevisionWatch:
         (or once ``gone()`` says the caller left); raises what reading it raises (NotFound)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        watched = self._watched(service)
-        # one fresh read for this caller: the shared value may be an interval old
+        # one fresh read for this caller: the shared value may be an interval old; a service
+        # that does not exist raises here, before anything is kept for its name
         revision, error = await self._read_once(service)
+        if error is not None:
+            raise error
+        watched = self._watched(service)
         watched.publish(revision, error)
         watched.waiters += 1
         try:
@@ -114,6 +118,8 @@ class RevisionWatch:
                     await asyncio.wait_for(watched.changed.wait(), min(GONE_CHECK_S, remaining))
         finally:
             watched.waiters -= 1
+            if watched.waiters == 0 and self._services.get(service) is watched:
+                del self._services[service]  # its poll ends by itself; nothing stays per name
 
     def _poke(self, service: str) -> None:
         watched = self._services.get(service)

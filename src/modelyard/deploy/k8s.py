@@ -7,10 +7,11 @@ What is rendered, and why it is shaped so:
   ``modelyard-postgres`` / ``modelyard-s3`` Secrets, its admin token from the
   ``modelyard-admin-token`` Secret mounted as ``<home>/token`` (the file the control plane
   registers as admin on start), and ``MODELYARD_REPLICA_TOKEN`` from the
-  ``modelyard-replica-token`` Secret, which it registers as the ``reader`` token
+  ``modelyard-replica-token`` Secret, which it registers as the ``replica`` token
   ``replicas``. Replicas and queue workers present that same Secret as ``MODELYARD_TOKEN``:
-  the control plane demands a valid token for status reports, statistics and artifact
-  downloads, and a reader token is all they need (a leaked one changes nothing). Without
+  the control plane demands a ``replica`` token for status reports and statistics and a valid
+  one for artifact downloads, and that is all the role allows (a leaked one changes no
+  configuration). Without
   ``--admin-token`` / ``--replica-token`` the Secrets are rendered empty, and the references
   to them are not optional, so pods wait until someone fills them; a default token would be
   a hole.
@@ -111,7 +112,7 @@ def control_plane(
         {"name": "MODELYARD_HOME", "value": HOME},
         {"name": "MODELYARD_HOST", "value": "0.0.0.0"},
         {"name": "MODELYARD_PORT", "value": str(PORT)},
-        # registered as the reader token "replicas" at start: what replicas present
+        # registered as the replica token "replicas" at start: what replicas present
         ko.secret_env("MODELYARD_REPLICA_TOKEN", REPLICA_SECRET, "token"),
         *ko.storage_env(),
     ]
