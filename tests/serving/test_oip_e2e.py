@@ -316,7 +316,10 @@ def test_bytes_with_bad_lengths_are_400(oip: Oip) -> None:
     url = "/v2/models/echo/infer"
     good = struct.pack("<I", 3) + b"abc"
     _error(oip.post(url, **_binary_request([("s", "BYTES", [1], struct.pack("<I", 9) + b"abc")])), 400, "'s'")
-    _error(oip.post(url, **_binary_request([("s", "BYTES", [2], good)])), 400, "'s'", "element 1")
+    _error(oip.post(url, **_binary_request([("s", "BYTES", [2], good)])), 400, "'s'", "at least 4")
+    _error(
+        oip.post(url, **_binary_request([("s", "BYTES", [2], good + b"\x01\x00")])), 400, "'s'", "element 1"
+    )
     _error(oip.post(url, **_binary_request([("s", "BYTES", [1], good + b"\x00")])), 400, "'s'", "use 7")
     _error(oip.post(url, json={"inputs": [_json_input("s", "BYTES", [1], [5])]}), 400, "'s'", "strings")
 

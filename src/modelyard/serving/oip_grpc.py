@@ -24,6 +24,11 @@ CALLER's ``authorization`` metadata (``Bearer <admin token>``), as over HTTP.
 Everything else (streaming, model config and statistics, shared memory, trace
 and log settings) answers ``UNIMPLEMENTED`` saying what to use instead.
 
+At most ``Settings.grpc_max_concurrent_rpcs`` calls run at once (per worker); the
+next ones are answered ``RESOURCE_EXHAUSTED`` at once rather than queued. Messages
+are limited to ``Settings.max_body_bytes``, as HTTP bodies, and so are the tensor
+shapes they declare (:mod:`modelyard.serving.oip_grpc_tensors`).
+
 Errors leave through :mod:`modelyard.grpc_errors` (one table, the twin of the HTTP
 one): the message names the input or model as over HTTP; ``retry-after`` and
 ``modelyard-kind`` ride in the trailing metadata. The endpoint version that
@@ -140,8 +145,9 @@ class OipGrpcServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_answer_errors
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         name, version = request.model_name, request.model_version or None
-        loaded = self.front.table.resolve(name, version)  # NOT_FOUND / UNAVAILABLE before decoding
-        decoded = decode_infer_request(request)
+        with self.front.dataplane.rejections(name, version):  # counted like /serve's refusals
+            loaded = self.front.table.resolve(name, version)  # NOT_FOUND / UNAVAILABLE before decoding
+            decoded = decode_infer_request(request, limit=self.front.max_body)
         outcome = await self.front.infer_request(name, version, decoded, loaded)
         selected = select_outputs(outcome.outputs, decoded, name)
         context.set_trailing_metadata((("modelyard-endpoint", outcome.key),))
@@ -206,6 +212,7 @@ class OipGrpcServer:
         self.address = listen_address(settings.host, port)
         self.reuse_port = settings.several_processes()
         self.max_message = settings.max_body_bytes
+        self.max_concurrent_rpcs = settings.grpc_max_concurrent_rpcs
         self.front = OipFront(runtime)
         self._server: Any = None
 
@@ -215,7 +222,8 @@ class OipGrpcServer:
             ("grpc.max_receive_message_length", self.max_message),
             ("grpc.max_send_message_length", -1),
         ]
-        server = grpc.aio.server(options=options)
+        # past the limit grpc answers RESOURCE_EXHAUSTED at once: a flood is refused, not queued
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self.max_concurrent_rpcs)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(OipGrpcServicer(self.front), server)
         try:
             bound = server.add_insecure_port(self.address)

@@ -17,11 +17,14 @@ here, the ``triton`` engine decodes a remote server's responses.
 
 Raw input tensors are copied once out of the (immutable) message so that user
 code gets writable arrays, as over HTTP (torch warns on read-only ones).
+
+Declared shapes are checked as over HTTP before anything is allocated (against
+the contents or raw bytes sent, and against ``limit`` elements: the gRPC receive
+limit, which is ``Settings.max_body_bytes`` as for HTTP bodies).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +34,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from modelyard.errors import BadRequest, InvalidInput, Unprocessable
 from modelyard.serving.oip_encoding import tensor_bytes
+from modelyard.serving.oip_limits import check_limit, element_count
 from modelyard.serving.oip_tensors import (
     DATATYPES,
     InferRequest,
@@ -56,6 +60,9 @@ CONTENTS_FIELD = {
 """Datatype → the ``InferTensorContents`` field that carries it (FP16 has none: raw only)."""
 
 _FIELDS = sorted(set(CONTENTS_FIELD.values()))
+
+_RESPONSE_MIN_LIMIT = 1 << 20
+"""Element limit of a remote server's answer: its size in bytes, but at least this."""
 
 
 # -- parameters --------------------------------------------------------------------------------------
@@ -96,10 +103,11 @@ def _filled(contents: Any) -> list[str]:
 
 
 def decode_contents(
-    name: str, datatype: str, shape: list[int], contents: Any, what: str = "input"
+    name: str, datatype: str, shape: list[int], contents: Any, *, limit: int, what: str = "input"
 ) -> np.ndarray:
     """A tensor from typed ``InferTensorContents``; InvalidInput naming the tensor when the
-    data sits in another datatype's field, has the wrong count or does not fit the datatype."""
+    data sits in another datatype's field, has the wrong count or does not fit the datatype,
+    or the shape is over ``limit`` elements (all checked before allocating)."""
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(
@@ -107,7 +115,7 @@ def decode_contents(
             "send it in raw_input_contents"
         )
     values = getattr(contents, field)
-    count = math.prod(shape)
+    count = element_count(name, shape, what)
     if len(values) != count:
         others = [f for f in _filled(contents) if f != field]
         if others:
@@ -118,6 +126,7 @@ def decode_contents(
         raise InvalidInput(
             f"{what} {name!r}: shape {shape} needs {count} elements, contents.{field} has {len(values)}"
         )
+    check_limit(name, shape, limit, what)
     if datatype == "BYTES":
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
@@ -130,14 +139,16 @@ def decode_contents(
 
 
 def _shape(raw: Any, name: str) -> list[int]:
+    element_count(name, raw)  # the rank first: the message below shows the shape
     shape = [int(d) for d in raw]
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {shape}")
     return shape
 
 
-def decode_infer_request(message: Any) -> InferRequest:
-    """A ``ModelInferRequest`` as the core's :class:`InferRequest` (what the HTTP route builds)."""
+def decode_infer_request(message: Any, *, limit: int) -> InferRequest:
+    """A ``ModelInferRequest`` as the core's :class:`InferRequest` (what the HTTP route builds);
+    ``limit``: the most elements one tensor may declare."""
     if not message.inputs:
         raise BadRequest("the inference request needs at least one input")
     raw = message.raw_input_contents
@@ -166,11 +177,13 @@ def decode_infer_request(message: Any) -> InferRequest:
                     "use one or the other for all inputs"
                 )
             data = raw[i]
-            arr = decode_binary_tensor(name, datatype, shape, data, 0, len(data), source="raw_input_contents")
+            arr = decode_binary_tensor(
+                name, datatype, shape, data, 0, len(data), limit=limit, source="raw_input_contents"
+            )
             if not arr.flags.writeable:
                 arr = arr.copy()
         else:
-            arr = decode_contents(name, datatype, shape, tensor.contents)
+            arr = decode_contents(name, datatype, shape, tensor.contents, limit=limit)
         request.inputs[name] = arr
         request.datatypes[name] = datatype
         params = parameters_from_pb(tensor.parameters)
@@ -207,6 +220,7 @@ def encode_infer_response(
 def decode_infer_response(message: Any) -> dict[str, np.ndarray]:
     """A remote server's ``ModelInferResponse`` as ``name → array`` (raw or typed contents)."""
     raw = message.raw_output_contents
+    limit = max(message.ByteSize(), _RESPONSE_MIN_LIMIT)  # as parse_infer_response: bytes sent
     out: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(message.outputs):
         name, datatype, shape = tensor.name, tensor.datatype, [int(d) for d in tensor.shape]
@@ -215,11 +229,14 @@ def decode_infer_response(message: Any) -> dict[str, np.ndarray]:
         try:
             if i < len(raw):
                 data = raw[i]
+                source = "raw_output_contents"
                 out[name] = decode_binary_tensor(
-                    name, datatype, shape, data, 0, len(data), source="raw_output_contents"
+                    name, datatype, shape, data, 0, len(data), limit=limit, source=source, what="output"
                 )
             else:
-                out[name] = decode_contents(name, datatype, shape, tensor.contents, what="output")
+                out[name] = decode_contents(
+                    name, datatype, shape, tensor.contents, limit=limit, what="output"
+                )
         except InvalidInput as exc:
             raise Unprocessable(f"the remote server answered a malformed tensor: {exc.message}") from None
     return out

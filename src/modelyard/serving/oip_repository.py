@@ -95,17 +95,36 @@ class Repository:
         response = await self._call("GET", f"/api/services/{self.service}", None)
         return int(response.json()["revision"])
 
-    async def load(self, name: str, parameters: dict[str, Any], authorization: str) -> None:
+    @staticmethod
+    def _endpoint_spec(parameters: Any) -> dict[str, Any] | None:
+        """``parameters.config`` as endpoint fields (None without one); 400 naming what is wrong,
+        checked before anything else (token included) so a malformed request says so."""
+        if not isinstance(parameters, dict):
+            raise BadRequest(
+                f'\'parameters\' must be a JSON object (e.g. {{"config": "..."}}), '
+                f"got {type(parameters).__name__}"
+            )
         config = parameters.get("config")
+        if config is None:
+            return None
+        spec = config
+        if isinstance(config, str | bytes):
+            try:
+                spec = orjson.loads(config)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"parameters.config is not valid JSON: {exc}") from None
+        if not isinstance(spec, dict) or "engine" not in spec:
+            raise BadRequest(
+                "parameters.config must be a JSON object of endpoint fields with at least 'engine' "
+                '(e.g. {"engine": "onnx", "model_id": "...", "version": "1"})'
+            )
+        return spec
+
+    async def load(self, name: str, parameters: Any, authorization: str) -> None:
+        spec = self._endpoint_spec(parameters)
         revision = 0
-        if config is not None:
+        if spec is not None:
             self._need_token(authorization, "loading with a config")
-            spec = orjson.loads(config) if isinstance(config, str | bytes) else config
-            if not isinstance(spec, dict) or "engine" not in spec:
-                raise BadRequest(
-                    "parameters.config must be a JSON object of endpoint fields with at least 'engine' "
-                    '(e.g. {"engine": "onnx", "model_id": "...", "version": "1"})'
-                )
             spec = {**spec, "endpoint": name}
             await self._call("POST", f"/api/services/{self.service}/endpoints", authorization, json=spec)
             revision = await self._revision()

@@ -15,11 +15,16 @@ selection), the ``triton`` engine is a client of both.
 
 BYTES tensors reach user code as numpy object arrays of ``bytes`` (as Triton's
 Python backend does), whichever way they were sent.
+
+Nothing is allocated from a declared shape before it is checked against what was
+sent: a fixed-size binary tensor needs exactly ``count * itemsize`` bytes, a BYTES
+one at least 4 bytes per element, a JSON one as many elements as its parsed
+``data``; then the shape is held to ``limit`` elements
+(:mod:`modelyard.serving.oip_limits`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +33,7 @@ import numpy as np
 import orjson
 
 from modelyard.errors import BadRequest, InvalidInput, Unprocessable
+from modelyard.serving.oip_limits import brief, check_limit, element_count
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -45,6 +51,9 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype(object),
 }
 """OIP datatype → numpy dtype (little-endian, as the binary extension requires)."""
+
+_RESPONSE_MIN_LIMIT = 1 << 20
+"""The element limit of a remote server's answer is its length in bytes, but at least this."""
 
 _BY_KIND_SIZE = {(dt.kind, dt.itemsize): name for name, dt in DATATYPES.items() if name != "BYTES"}
 
@@ -103,7 +112,9 @@ def _shape(value: Any, name: str) -> list[int]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
-        raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {value!r}")
+        raise InvalidInput(
+            f"input {name!r}: shape must be a list of non-negative integers, got {brief(value)}"
+        )
     return value
 
 
@@ -121,8 +132,12 @@ def _flatten_strings(data: Any, name: str) -> list[bytes]:
     return out
 
 
-def decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
-    count = math.prod(shape)
+def decode_json_tensor(
+    name: str, datatype: str, shape: list[int], data: Any, *, limit: int, what: str = "input"
+) -> np.ndarray:
+    """A tensor from JSON ``data`` (nested or flat): its elements are counted on what was
+    parsed (bounded by the body) before the declared shape is checked and applied."""
+    count = element_count(name, shape, what)
     if datatype == "BYTES":
         items = _flatten_strings(data, name)
         arr = np.empty(len(items), dtype=object)
@@ -132,10 +147,11 @@ def decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) ->
             arr = np.asarray(data, dtype=DATATYPES[datatype])
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(
-                f"input {name!r}: data is not a rectangular array of {datatype} values ({exc})"
+                f"{what} {name!r}: data is not a rectangular array of {datatype} values ({exc})"
             ) from None
     if arr.size != count:
-        raise InvalidInput(f"input {name!r}: shape {shape} needs {count} elements, data has {arr.size}")
+        raise InvalidInput(f"{what} {name!r}: shape {shape} needs {count} elements, data has {arr.size}")
+    check_limit(name, shape, limit, what)
     return arr.reshape(shape)
 
 
@@ -147,19 +163,30 @@ def decode_binary_tensor(
     offset: int,
     size: int,
     *,
+    limit: int,
     source: str = "binary_data_size",
+    what: str = "input",
 ) -> np.ndarray:
     """A tensor from ``size`` raw bytes at ``offset``; ``source`` names where the size came from
-    in error messages (``binary_data_size`` over HTTP, ``raw_input_contents`` over gRPC)."""
-    count = math.prod(shape)
+    in error messages (``binary_data_size`` over HTTP, ``raw_input_contents`` over gRPC).
+    The declared count is checked against ``size`` before anything is allocated."""
+    count = element_count(name, shape, what)
     if datatype == "BYTES":
+        if count > size // 4:
+            raise InvalidInput(
+                f"{what} {name!r}: shape {shape} declares {count} BYTES elements but {source} is "
+                f"{size} bytes (each element needs at least 4)"
+            )
+        check_limit(name, shape, limit, what)
         return _decode_bytes(name, shape, memoryview(body)[offset : offset + size], count, source)
     dtype = DATATYPES[datatype]
     expected = count * dtype.itemsize
     if size != expected:
         raise InvalidInput(
-            f"input {name!r}: {source} is {size} bytes but shape {shape} of {datatype} needs {expected} bytes"
+            f"{what} {name!r}: {source} is {size} bytes but shape {shape} of {datatype} "
+            f"needs {expected} bytes"
         )
+    check_limit(name, shape, limit, what)
     arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     if offset % dtype.alignment:
         arr = arr.copy()  # unaligned in the body: one copy so frameworks get an aligned array
@@ -192,8 +219,9 @@ def _decode_bytes(name: str, shape: list[int], view: memoryview, count: int, sou
     return out.reshape(shape)
 
 
-def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> InferRequest:
-    """Decode an inference request (JSON, or JSON header + binary tensors)."""
+def parse_infer_request(body: bytes | bytearray, header_length: int | None, *, limit: int) -> InferRequest:
+    """Decode an inference request (JSON, or JSON header + binary tensors); ``limit``: the most
+    elements one tensor may declare (the body limit, see the module's docstring)."""
     total = len(body)
     if header_length is None:
         header_length = total
@@ -221,8 +249,10 @@ def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> I
         if name in request.inputs:
             raise InvalidInput(f"input {name!r} is given twice")
         datatype = raw.get("datatype")
-        if datatype not in DATATYPES:
-            raise InvalidInput(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+        if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list is not even hashable
+            raise InvalidInput(
+                f"input {name!r}: datatype {brief(datatype)} is not one of {', '.join(DATATYPES)}"
+            )
         shape = _shape(raw.get("shape"), name)
         params = _dict(raw.get("parameters"), f"parameters of input {name!r}")
         size = params.get("binary_data_size")
@@ -234,10 +264,10 @@ def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> I
                     f"input {name!r}: binary data is shorter than declared: binary_data_size {size} "
                     f"but only {total - offset} bytes remain in the body"
                 )
-            arr = decode_binary_tensor(name, datatype, shape, body, offset, size)
+            arr = decode_binary_tensor(name, datatype, shape, body, offset, size, limit=limit)
             offset += size
         elif "data" in raw:
-            arr = decode_json_tensor(name, datatype, shape, raw["data"])
+            arr = decode_json_tensor(name, datatype, shape, raw["data"], limit=limit)
         else:
             raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
         request.inputs[name] = arr
@@ -311,14 +341,21 @@ def parse_infer_response(body: bytes, header_length: int | None) -> dict[str, np
         response = orjson.loads(memoryview(body)[:header_length])
     except orjson.JSONDecodeError as exc:
         raise Unprocessable(f"the remote server answered malformed JSON: {exc}") from None
+    # each element of a non-empty tensor takes at least a byte of the body; an empty one's other
+    # dimensions get some room (the remote server is configured, not an anonymous caller)
+    limit = max(len(body), _RESPONSE_MIN_LIMIT)
     out: dict[str, np.ndarray] = {}
     offset = header_length
     for tensor in response.get("outputs") or []:
         name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            out[name] = decode_binary_tensor(name, datatype, shape, body, offset, size)
+            out[name] = decode_binary_tensor(
+                name, datatype, shape, body, offset, size, limit=limit, what="output"
+            )
             offset += size
         else:
-            out[name] = decode_json_tensor(name, datatype, shape, tensor.get("data"))
+            out[name] = decode_json_tensor(
+                name, datatype, shape, tensor.get("data"), limit=limit, what="output"
+            )
     return out
