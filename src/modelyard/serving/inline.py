@@ -30,7 +30,9 @@ of CPU-bound code only take turns at the GIL, and worse, a model that drops the 
 stretches (a tree ensemble, tree by tree) waits for it back each time — a 50-tree random
 forest served 129 requests/s with six threads at once, 174-223/s one at a time. Chains that
 mostly wait (I/O in a hook) are not limited, nor pipelines (code that calls
-``send_request``); the endpoint's ``threads`` option sets a fixed limit instead.
+``send_request``); the endpoint's ``threads`` option sets a fixed limit instead. Requests
+waiting for their turn wait in a bounded queue (option ``max_queue``, default 256, as a
+batcher's): a full one answers 503 + Retry-After at once, never an unbounded wait.
 
 User code that blocks on the event loop itself (a sync ``self.send_request`` in a
 pipeline) cannot run there: the data plane raises :class:`RunInPool` instead of waiting
@@ -81,7 +83,7 @@ def voluntary_switches() -> int:
     return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
 
-def _number_option(options: dict[str, Any], key: str) -> float | None:
+def number_option(options: dict[str, Any], key: str) -> float | None:
     """An endpoint option as a number (``None`` when unset); ModelLoadError when it is not one."""
     raw = options.get(key)
     if raw is None or raw == "":
@@ -95,7 +97,7 @@ def _number_option(options: dict[str, Any], key: str) -> float | None:
 def pool_threads(options: dict[str, Any], calls_endpoints: bool) -> int | None:
     """The ``threads`` option: chains of the version in the pool at once; ``None``: not set
     (measured: one at a time while CPU-bound, else no limit; pipelines never limited)."""
-    value = _number_option(options, THREADS_OPTION)
+    value = number_option(options, THREADS_OPTION)
     if value is None:
         return None
     if value < 1 or not value.is_integer():
@@ -106,7 +108,7 @@ def pool_threads(options: dict[str, Any], calls_endpoints: bool) -> int | None:
 
 def inline_limit_s(options: dict[str, Any], default_s: float) -> float:
     """The version's inline limit in seconds: its ``inline_max_ms`` option, else the default."""
-    value = _number_option(options, OPTION)
+    value = number_option(options, OPTION)
     if value is None:
         return default_s
     if not value >= 0:

@@ -19,6 +19,7 @@ import httpx
 from modelyard.config import split_endpoint_key
 from modelyard.engines.registry import EngineRegistry, default_engine_registry
 from modelyard.metrics import Metrics
+from modelyard.preprocess_archive import ArchiveLimits
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.fetch import ArtifactCache
 from modelyard.serving.stats import StatsReporter
@@ -70,12 +71,15 @@ class InferenceRuntime:
         self.load_executor = ThreadPoolExecutor(4, thread_name_prefix="modelyard-load")
         self.dataplane = DataPlane(
             registry=registry or default_engine_registry(),
-            cache=ArtifactCache(cache_dir, self.http),
+            cache=ArtifactCache(cache_dir, self.http, ArchiveLimits.from_settings(settings)),
             executor=self.executor,
             nested_executor=self.nested_executor,
             load_executor=self.load_executor,
             metrics=self.metrics,
             inline_max_s=settings.inline_max_ms / 1000.0,
+            request_timeout_s=settings.request_timeout_s,
+            retire_wait_s=settings.retire_wait_s,
+            max_inflight=settings.max_inflight,
         )
         self.dataplane.batch_observer = self.metrics.batch_observer()
         self.sync = ConfigSync(
@@ -102,6 +106,8 @@ class InferenceRuntime:
             replica=self.sync.replica,
             metrics=self.metrics,
             interval_s=settings.stats_interval_s,
+            known=self.dataplane.label_keys,
+            max_bytes=settings.stats_max_bytes,
         )
         self.grpc: OipGrpcServer | None = None
 

@@ -14,6 +14,10 @@ Applying a new :class:`~modelyard.config.ServiceConfig` is a delta:
 * a failed load marks that key ``failed`` with the reason and touches nothing
   else; if an older version of the same key is loaded it keeps serving.
 
+Retiring waits for the version's in-flight requests at most its ``retire_wait_s`` (then cancels
+them) and unloads it once no worker thread runs its code any more; until then it is listed under
+``draining`` in the snapshot (``/status``) with what still holds it.
+
 All mutation happens on the event loop thread, so a swap is a single dict
 assignment: a request sees either the old or the new version, never neither.
 """
@@ -84,6 +88,8 @@ class EndpointTable:
     _loads: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _lingering: dict[str, LoadedEndpoint] = field(default_factory=dict)
     """Removed versions still answering their unversioned endpoint until a successor serves."""
+    _draining: set[LoadedEndpoint] = field(default_factory=set)
+    """Retired versions not unloaded yet: requests or worker threads still run them."""
 
     @property
     def revision(self) -> int:
@@ -232,7 +238,13 @@ class EndpointTable:
     def _retire(self, loaded: LoadedEndpoint) -> None:
         task = asyncio.get_running_loop().create_task(loaded.retire())
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._draining.add(loaded)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            self._draining.discard(loaded)
+
+        task.add_done_callback(done)
 
     async def wait_loaded(self, timeout: float | None = None) -> None:
         """Wait until no load is in progress (tests and readiness)."""
@@ -254,9 +266,26 @@ class EndpointTable:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def snapshot(self) -> dict[str, Any]:
+        """Every endpoint version's status; a serving one whose code raised also has its
+        ``last_user_error`` (hook, message, the user's file:line, time, counts)."""
+        endpoints = []
+        for key in sorted(self.status):
+            entry = self.status[key].as_dict()
+            loaded = self.ready.get(key)
+            last = loaded.user.errors.snapshot() if loaded is not None and loaded.user is not None else None
+            if last is not None:
+                entry["last_user_error"] = last
+            endpoints.append(entry)
         return {
             "service": self.service,
             "revision": self.revision,
-            "endpoints": [self.status[k].as_dict() for k in sorted(self.status)],
+            "endpoints": endpoints,
             "retiring": sorted(self._lingering),
+            "draining": sorted(
+                (
+                    {"key": d.key, "inflight": d.guard.requests, "threads": d.guard.threads}
+                    for d in self._draining
+                ),
+                key=lambda d: str(d["key"]),
+            ),
         }
