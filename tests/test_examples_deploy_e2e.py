@@ -3,11 +3,12 @@
 A private examples folder mixes the real sklearn and custom examples with ones that fail: a
 missing package, a model that does not load, and a pipeline that needs the missing one. The
 banner must name each failure with its reason, and every curl line it prints must work when
-run with the real ``curl``.
+run with the real ``curl``. An example deployed from older code is deployed again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import runpy
 import shutil
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ import joblib
 import numpy as np
 import pytest
 
-from modelyard.demo import deploy_examples_when_up
+from modelyard.client import Client
+from modelyard.demo import deploy_examples, deploy_examples_when_up
 from modelyard.server import create_all_in_one_app
 from modelyard.settings import Settings
 from tests.curl_lines import curl_lines, run_curl_line
@@ -144,3 +146,27 @@ def test_nothing_served_says_so(
     assert "none of the examples could be served" in output
     assert "serving the examples" not in output and curl_lines(output) == []
     assert "xgboost: the Python package 'modelyard_no_such_package'" in output
+
+
+def test_an_example_whose_code_changed_is_deployed_again(
+    server: tuple[str, Settings], tmp_path: Path
+) -> None:
+    """An upgrade must not keep serving old example code from ``~/.modelyard``; nothing else moves."""
+    url, settings = server
+    root = tmp_path / "examples"
+    shutil.copytree(EXAMPLES / "sklearn", root / "sklearn")
+    code = root / "sklearn" / "preprocess.py"
+    with Client(url=url, settings=settings) as client:
+
+        def deployed() -> tuple[str, int]:
+            (endpoint,) = client.list_endpoints(settings.service)
+            return endpoint["preprocess"]["sha256"], len(client.list_models())
+
+        assert [r.error for r in deploy_examples(client, settings.service, root)] == [None]
+        first = deployed()
+        assert first == (hashlib.sha256(code.read_bytes()).hexdigest(), 1)
+        deploy_examples(client, settings.service, root)
+        assert deployed() == first  # unchanged: left as it is
+        code.write_text(code.read_text() + "\n# changed in a newer release\n")
+        deploy_examples(client, settings.service, root)
+        assert deployed() == (hashlib.sha256(code.read_bytes()).hexdigest(), 2)

@@ -1,4 +1,8 @@
-"""Register the custom example and serve it as ``test_model_custom``."""
+"""Register the custom example and serve it as ``test_model_custom``.
+
+The same prediction over ``/serve`` (``SAMPLE``), the Open Inference Protocol (``/v2``: the
+declared input ``features``) and KServe V1 (``/v1``: ``V1_SAMPLE``).
+"""
 
 import runpy
 from pathlib import Path
@@ -7,6 +11,12 @@ HERE = Path(__file__).parent
 train = runpy.run_path(str(HERE / "train.py"))["train"]
 ENDPOINTS = ["test_model_custom/1"]
 SAMPLE = {"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+V1_SAMPLE = {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+INPUTS = [{"name": "features", "dtype": "float64", "shape": [-1, 4]}]
+OUTPUTS = [
+    {"name": "classes", "dtype": "int64", "shape": [-1]},
+    {"name": "probabilities", "dtype": "float64", "shape": [-1, 3]},
+]
 
 
 def deploy(client, service: str, workdir: Path) -> list[tuple[str, dict]]:
@@ -24,5 +34,7 @@ def deploy(client, service: str, workdir: Path) -> list[tuple[str, dict]]:
         engine="custom",
         model_id=model["id"],
         preprocess=HERE / "preprocess.py",
+        inputs=INPUTS,
+        outputs=OUTPUTS,
     )
     return [("test_model_custom/1", SAMPLE)]

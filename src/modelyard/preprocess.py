@@ -26,7 +26,6 @@ import itertools
 import re
 import shutil
 import sys
-import tarfile
 import tempfile
 import threading
 import traceback
@@ -37,7 +36,8 @@ from typing import Any
 
 from modelyard.config import EndpointConfig
 from modelyard.errors import ModelyardError, UserCodeError
-from modelyard.preprocess_archive import find_root, safe_extract
+from modelyard.preprocess_archive import ArchiveLimits, find_root, is_archive, safe_extract
+from modelyard.preprocess_errors import UserErrors, code_locator
 from modelyard.preprocess_hooks import (
     ModelEndpoint,
     adapt,
@@ -98,6 +98,8 @@ class UserCode:
         self.calls_endpoints = False
         """True when the code mentions ``send_request`` (a pipeline): its hooks then wait on
         the event loop, so the data plane never runs them on it."""
+        self.errors = UserErrors(config.key, code_locator(source, display))
+        """What the hooks of this copy raised: answers naming the user's line, the log, the last."""
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -107,10 +109,12 @@ class UserCode:
         config: EndpointConfig,
         send_request: Callable[..., Any] | None = None,
         async_send_request: Callable[..., Any] | None = None,
+        limits: ArchiveLimits | None = None,
     ) -> UserCode:
-        """Import ``path`` (``.py``, package folder, or its ``.tar.gz``) and build ``Preprocess()``.
+        """Import ``path`` (``.py``, package folder, or its ``.tar.gz``/tar/zip) and build ``Preprocess()``.
 
-        Raises :class:`UserCodeError` naming the file, line and error.
+        An archive is unpacked within ``limits`` (default :class:`ArchiveLimits`). Raises
+        :class:`UserCodeError` naming the file, line and error.
         """
         path = Path(path)
         shown = config.preprocess.filename if config.preprocess else path.name
@@ -120,14 +124,11 @@ class UserCode:
         source = path
         if path.is_file() and (
             path.suffix != ".py"
-            and (
-                (config.preprocess is not None and config.preprocess.kind == "folder")
-                or tarfile.is_tarfile(path)
-            )
+            and ((config.preprocess is not None and config.preprocess.kind == "folder") or is_archive(path))
         ):
             tmpdir = Path(tempfile.mkdtemp(prefix="modelyard-usercode-"))
             try:
-                safe_extract(path, tmpdir)
+                safe_extract(path, tmpdir, limits)
                 source = find_root(tmpdir)
             except BaseException:
                 shutil.rmtree(tmpdir, ignore_errors=True)

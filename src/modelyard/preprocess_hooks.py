@@ -3,8 +3,8 @@
 Hooks may declare fewer parameters than ``(data, state, collect)`` (:func:`positional_count`,
 :func:`adapt`), ``load``/``unload`` may be ``async def`` even where no loop runs
 (:func:`run_blocking`), ``self.model_endpoint`` shows the endpoint under clearml-serving's
-names too (:class:`ModelEndpoint`), and an exception becomes a 422 naming the hook
-(:func:`wrap_user_error`).
+names too (:class:`ModelEndpoint`), and an exception becomes a 422 naming the hook and the
+user's own line (:func:`wrap_user_error`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from modelyard.config import EndpointConfig, TensorSpec
 from modelyard.errors import Unavailable, Unprocessable, UserCodeError
+from modelyard.preprocess_errors import UserErrors, describe
 
 
 @dataclass
@@ -83,13 +84,16 @@ class ModelEndpoint:
         return [t.shape for t in self.outputs]
 
 
-def wrap_user_error(exc: BaseException, hook_name: str) -> Unprocessable:
-    """The error a request gets when a user hook raised: ``preprocess raised ValueError: ...``."""
-    text = str(exc).strip()
-    if len(text) > 500:
-        text = text[:497] + "..."
-    message = f"{hook_name} raised {type(exc).__name__}" + (f": {text}" if text else "")
-    err = Unprocessable(message)
+def wrap_user_error(exc: BaseException, hook_name: str, errors: UserErrors | None = None) -> Unprocessable:
+    """The error a request gets when a user hook raised: ``preprocess raised ValueError: ...``.
+
+    With the version's :class:`~modelyard.preprocess_errors.UserErrors` (``UserCode.errors``)
+    the message also names the user's own file and line, and the error is logged and kept
+    for ``/status``; see :mod:`modelyard.preprocess_errors`.
+    """
+    if errors is not None:
+        return errors.wrap(exc, hook_name)
+    err = Unprocessable(describe(exc, hook_name))
     err.__cause__ = exc
     return err
 

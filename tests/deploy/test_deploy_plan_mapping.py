@@ -34,7 +34,7 @@ def test_the_issue_example_maps_to_two_versions_and_a_canary() -> None:
     code = REPO / "examples" / "sklearn" / "preprocess.py"
     assert a.preprocess is not None and a.preprocess.filename == "preprocess.py"
     assert a.preprocess.sha256 == hashlib.sha256(code.read_bytes()).hexdigest()
-    assert b.preprocess is None
+    assert b.preprocess == a.preprocess  # a canary's targets take the same requests
     assert plan.canary is not None
     assert plan.canary.as_dict() == {
         "endpoint": "iris",

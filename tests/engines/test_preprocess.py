@@ -492,3 +492,104 @@ def test_load_raising_is_user_code_error(tmp_path: Path, make_config: Any) -> No
     with pytest.raises(UserCodeError, match=r"'p.py', line 3: Preprocess.load raised OSError"):
         uc.load_model("model.bin")
     uc.unload()
+
+
+# -- user-code errors: the user's own line, a log that does not flood, the last error ---------
+
+
+def _raised(fn: Callable[[], Any]) -> BaseException:
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    raise AssertionError("expected an exception")
+
+
+def test_hook_error_names_the_innermost_line_of_the_users_code(tmp_path: Path, make_config: Any) -> None:
+    code = write(
+        tmp_path / "cache-blob",
+        """
+        import numpy as np
+
+        def row(body):
+            return [body[name] for name in ("x0", "x1")]
+
+        class Preprocess:
+            def preprocess(self, body, state, collect=None):
+                return [row(body)]
+
+            def postprocess(self, data, state, collect=None):
+                return np.asarray(data, dtype=float)
+        """,
+    )
+    cfg = make_config("sklearn", preprocess=ArtifactRef(sha256="c" * 64, filename="features.py"))
+    uc = UserCode.load(code, cfg)
+    assert uc.preprocess is not None and uc.postprocess is not None
+    err = wrap_user_error(_raised(lambda: uc.preprocess({"x0": 1}, {}, None)), "preprocess", uc.errors)
+    # the uploaded file's name, not the cache path; the helper's line, not the hook's (and the
+    # function around a comprehension, on every Python version)
+    assert str(err) == "preprocess raised KeyError: 'x1' (features.py:5, in row)"
+    # raised inside numpy: the user's line that called it
+    err = wrap_user_error(_raised(lambda: uc.postprocess("abc", {}, None)), "postprocess", uc.errors)
+    assert err.message.startswith("postprocess raised ValueError: could not convert string to float")
+    assert err.message.endswith("(features.py:12, in postprocess)")
+    assert isinstance(err, Unprocessable) and isinstance(err.__cause__, ValueError)
+    uc.unload()
+
+
+def test_error_line_inside_a_package_names_the_file_in_it(tmp_path: Path, make_config: Any) -> None:
+    folder = tmp_path / "unpacked"
+    write(folder / "__init__.py", "from .model import Preprocess\n")
+    write(
+        folder / "model.py",
+        "from .parse import parse\n\n"
+        "class Preprocess:\n    def preprocess(self, b):\n        return parse(b)\n",
+    )
+    write(folder / "parse.py", "def parse(body):\n    return int(body)\n")
+    cfg = make_config("sklearn", preprocess=ArtifactRef(sha256="d" * 64, filename="mycode", kind="folder"))
+    uc = UserCode.load(folder, cfg)
+    assert uc.preprocess is not None
+    err = wrap_user_error(_raised(lambda: uc.preprocess("x", {}, None)), "preprocess", uc.errors)
+    assert err.message == (
+        "preprocess raised ValueError: invalid literal for int() with base 10: 'x' "
+        "(mycode/parse.py:2, in parse)"
+    )
+    uc.unload()
+
+
+def test_user_errors_log_tracebacks_rate_limited_and_keep_the_last(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from modelyard.preprocess_errors import MAX_KINDS, MESSAGE_CHARS, UserErrors
+
+    now = [1000.0]
+    notified: list[int] = []
+    errors = UserErrors("iris/2", log_every_s=60, clock=lambda: now[0])
+    errors.notify = lambda: notified.append(1)
+    assert errors.snapshot() is None
+    caplog.set_level("ERROR", logger="modelyard.usercode")
+    for _ in range(50):  # a client looping on a bad request
+        errors.wrap(_raised(lambda: {}["x1"]), "preprocess")
+    (first,) = caplog.records
+    assert first.getMessage() == "endpoint iris/2: preprocess raised KeyError: 'x1'"
+    assert first.exc_info is not None and first.exc_info[0] is KeyError  # the traceback
+    errors.wrap(_raised(lambda: 1 / 0), "postprocess")  # another kind: logged at once
+    assert len(caplog.records) == 2 and len(notified) == 2
+    now[0] += 59
+    errors.wrap(_raised(lambda: {}["x1"]), "preprocess")
+    assert len(caplog.records) == 2
+    now[0] += 2  # a minute after it was last logged: once more, with what was left out
+    errors.wrap(_raised(lambda: {}["x1"]), "preprocess")
+    assert caplog.records[-1].getMessage().endswith("(50 more like it since it was last logged)")
+    assert len(notified) == 3
+    last = errors.snapshot()
+    assert last is not None
+    assert last["hook"] == "preprocess" and last["error"] == "preprocess raised KeyError: 'x1'"
+    assert last["count"] == 52 and last["total"] == 53
+    assert last["time"].endswith("Z") and last["where"] is None
+    # bounded: kinds forgotten oldest first, messages cut
+    for i in range(MAX_KINDS + 10):
+        errors.wrap(RuntimeError("z" * 5000), f"hook{i}")
+    assert len(errors._kinds) == MAX_KINDS
+    last = errors.snapshot()
+    assert last is not None and len(last["error"]) < MESSAGE_CHARS + 50

@@ -15,6 +15,7 @@ from modelyard.engines._common import user_model
 from modelyard.engines.base import CollectFn, Engine
 from modelyard.errors import ModelLoadError, ModelyardError
 from modelyard.preprocess import wrap_user_error
+from modelyard.preprocess_errors import UserErrors
 
 
 class CustomEngine(Engine):
@@ -42,7 +43,10 @@ class CustomEngine(Engine):
         except ModelyardError:
             raise
         except Exception as exc:
-            raise wrap_user_error(exc, "process") from exc
+            raise wrap_user_error(exc, "process", self._errors()) from exc
+
+    def _errors(self) -> UserErrors | None:
+        return self.user_code.errors if self.user_code is not None else None
 
     def predict_sync(self, data: Any, state: dict[str, Any], collect: CollectFn) -> Any:
         """For callers without an event loop; an ``async def process`` needs :meth:`predict`."""
@@ -55,7 +59,7 @@ class CustomEngine(Engine):
         except ModelyardError:
             raise
         except Exception as exc:
-            raise wrap_user_error(exc, "process") from exc
+            raise wrap_user_error(exc, "process", self._errors()) from exc
 
 
 class CustomAsyncEngine(CustomEngine):

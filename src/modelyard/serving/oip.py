@@ -1,9 +1,10 @@
 """The Open Inference Protocol (KServe V2 / Triton HTTP REST) and KServe V1 over the data plane.
 
 Routed from :class:`modelyard.serving.app.InferenceApp` for paths under ``/v2``
-and ``/v1``. Model name = endpoint name, model version = endpoint version; a
-request without a version goes where ``/serve/<endpoint>`` goes (the
-unversioned endpoint, else the highest version that serves).
+and ``/v1`` (KServe V1 lives in :mod:`modelyard.serving.kserve_v1`). Model name =
+endpoint name, model version = endpoint version; a request without a version goes
+where ``/serve/<endpoint>`` goes (the unversioned endpoint, else the highest version
+that serves).
 
 How an OIP request meets the endpoint's code (``preprocess → engine →
 postprocess``, batched like ``/serve`` when the endpoint batches):
@@ -13,6 +14,7 @@ postprocess``, batched like ``/serve`` when the endpoint batches):
 * ``state["oip"]`` holds the request's ``id``, ``parameters``, per-input
   ``input_parameters`` and ``datatypes``, and the requested ``outputs``; code may
   set ``state["oip"]["response_parameters"]`` to add response ``parameters``;
+  ``state["protocol"]`` is ``"oip"`` (``"v1"`` over KServe V1, absent on ``/serve``);
 * what comes back is turned into output tensors by
   :func:`~modelyard.serving.oip_tensors.named_outputs`: a dict by name, a
   tuple/list by position over several declared outputs, anything else as the
@@ -43,9 +45,10 @@ import orjson
 import modelyard
 from modelyard.config import split_endpoint_key
 from modelyard.errors import BadRequest, ModelyardError, NotFound, PayloadTooLarge, Unavailable
-from modelyard.serving.codec import encode_json, read_body
+from modelyard.serving.codec import read_body
 from modelyard.serving.endpoint import LoadedEndpoint
 from modelyard.serving.oip_encoding import encode_infer_response, named_outputs
+from modelyard.serving.oip_limits import parse_header_length
 from modelyard.serving.oip_repository import Repository
 from modelyard.serving.oip_tensors import (
     InferRequest,
@@ -159,7 +162,8 @@ async def read_request_body(scope: dict[str, Any], receive: Receive, limit: int)
             if not message.get("more_body", False):
                 return
 
-    if encoding not in ("", "identity") or not length.isdigit():
+    # ASCII digits only ("²" passes isdigit() but not int()); an absurd length is read as chunks
+    if encoding not in ("", "identity") or not (length.isascii() and length.isdigit() and len(length) < 19):
         return await read_body(chunks(), limit=limit, content_encoding=encoding)
     size = int(length)
     if size > limit:
@@ -188,6 +192,10 @@ class OipFront:
         self.max_body = runtime.settings.max_body_bytes
         self.repository = Repository(runtime)
         self._meta: weakref.WeakKeyDictionary[LoadedEndpoint, ModelMeta] = weakref.WeakKeyDictionary()
+        from modelyard.serving.kserve_v1 import KserveV1  # it builds on this module
+
+        self.v1 = KserveV1(self)
+        """KServe V1 (``/v1/...``): what user code receives there is in its module."""
 
     def meta(self, loaded: LoadedEndpoint) -> ModelMeta:
         meta = self._meta.get(loaded)
@@ -208,7 +216,7 @@ class OipFront:
         method: str = scope["method"]
         parts = path.split("/")[1:]  # ["v2", ...]
         if parts[0] == "v1":
-            return await self._v1(scope, receive, parts[1:], method)
+            return await self.v1.handle(scope, receive, parts[1:], method)
         rest = parts[1:]
         if not rest:
             self._allow(method, "GET")
@@ -280,10 +288,11 @@ class OipFront:
     ) -> InferOutcome:
         """Run a decoded request through the endpoint (checked against its metadata, batched
         like ``/serve``); ``loaded``: the version already resolved by the caller, if any."""
-        if loaded is None:
-            loaded = self.table.resolve(name, version)
-        meta = self.meta(loaded)
-        check_inputs(request, meta.inputs, loaded.key)
+        with self.dataplane.rejections(name, version):  # counted like /serve's refusals
+            if loaded is None:
+                loaded = self.table.resolve(name, version)
+            meta = self.meta(loaded)
+            check_inputs(request, meta.inputs, loaded.key)
         oip_state: dict[str, Any] = {
             "id": request.id,
             "parameters": request.parameters,
@@ -292,7 +301,7 @@ class OipFront:
             "outputs": [o.name for o in request.outputs] if request.outputs is not None else None,
         }
         body: Any = next(iter(request.inputs.values())) if len(request.inputs) == 1 else request.inputs
-        result = await self.dataplane.infer(name, version, body, state={"oip": oip_state})
+        result = await self.dataplane.infer(name, version, body, state={"oip": oip_state, "protocol": "oip"})
         outputs = named_outputs(result.value, meta.outputs)
         _, answered_version = split_endpoint_key(result.key)
         return InferOutcome(outputs, result.key, answered_version, oip_state.get("response_parameters"))
@@ -301,12 +310,11 @@ class OipFront:
     async def infer(
         self, scope: dict[str, Any], receive: Receive, name: str, version: str | None
     ) -> OipResponse:
-        loaded = self.table.resolve(name, version)  # 404 / 503 before reading the body
-        raw = await read_request_body(scope, receive, self.max_body)
-        header_length = _header(scope, b"inference-header-content-length")
-        if header_length and not header_length.isdigit():
-            raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not a number")
-        request = parse_infer_request(raw, int(header_length) if header_length else None)
+        with self.dataplane.rejections(name, version):  # counted like /serve's refusals
+            loaded = self.table.resolve(name, version)  # 404 / 503 before reading the body
+            raw = await read_request_body(scope, receive, self.max_body)
+            header_length = parse_header_length(_header(scope, b"inference-header-content-length"))
+            request = parse_infer_request(raw, header_length, limit=self.max_body)
         outcome = await self.infer_request(name, version, request, loaded)
         encoded = encode_infer_response(
             outcome.outputs,
@@ -351,44 +359,6 @@ class OipFront:
         if not isinstance(value, dict):
             raise BadRequest("the body must be a JSON object")
         return value
-
-    # -- KServe V1 -------------------------------------------------------------------------------
-    async def _v1(self, scope: dict[str, Any], receive: Receive, rest: list[str], method: str) -> OipResponse:
-        if rest == ["models"]:
-            self._allow(method, "GET")
-            return _json(200, {"models": sorted(self.table.versions)})
-        if len(rest) != 2 or rest[0] != "models":
-            raise NotFound(f"no route for {method} {scope['path']}")
-        name, _, verb = rest[1].partition(":")
-        if not verb:
-            self._allow(method, "GET")
-            try:
-                self.table.resolve(name, None)
-            except Unavailable:
-                return _json(200, {"name": name, "ready": False})
-            return _json(200, {"name": name, "ready": True})
-        if verb != "predict":
-            raise NotFound(f"unknown verb {verb!r}: KServe V1 here supports :predict")
-        self._allow(method, "POST")
-        self.table.resolve(name, None)
-        body = await self._json_body(scope, receive)
-        instances = body.get("instances", body.get("inputs"))
-        if not isinstance(instances, list):
-            raise BadRequest("a KServe V1 request needs an 'instances' list")
-        data: Any = instances
-        try:
-            array = np.asarray(instances)
-            if array.dtype != object and array.dtype.kind in "biuf":
-                data = array
-        except ValueError:
-            pass  # ragged: the list goes as it is
-        result = await self.dataplane.infer(name, None, data)
-        value = result.value
-        if isinstance(value, dict) and len(value) == 1:
-            value = next(iter(value.values()))
-        headers = [(b"x-modelyard-endpoint", result.key.encode())]
-        return OipResponse(200, b'{"predictions":' + encode_json(value) + b"}", headers=headers)
-
 
 class MethodNotAllowed(ModelyardError):
     kind = "method_not_allowed"
