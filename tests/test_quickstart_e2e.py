@@ -1,4 +1,4 @@
-"""The README's walkthrough, as a user runs it: `modelyard serve --examples --workers 2`, then the CLI.
+"""docs/getting-started.md as a user runs it: `modelyard serve --examples --workers 2`, then the CLI.
 
 Everything here is real: the console script, two uvicorn worker processes, SQLite, the
 examples trained and served, curl-like requests. Marked slow; CI runs it.
@@ -130,6 +130,7 @@ def test_the_printed_curl_lines_answer_with_predictions(running: tuple[str, Cli,
     expected = [
         "/test_model_sklearn/1", "/test_model_xgb/1", "/test_model_lgbm/1", "/test_model_custom/1",
         "/test_model_ensemble/1", "/test_pipeline/1", "/test_pipeline_async/1",
+        "/test_model_onnx/1", "/test_model_pytorch/1", "/test_model_keras/1",  # the dev venv has torch, tf
     ]  # fmt: skip
     answers = [run_curl_line(line) for line in lines]
     assert [a.path for a in answers] == expected, output
