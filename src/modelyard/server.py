@@ -21,16 +21,20 @@ in ``MODELYARD_SETTINGS_JSON``. With ``--workers auto`` the count follows load
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
+from modelyard.logs import logging_config, setup_logging
 from modelyard.metrics import Metrics
 from modelyard.serving.app import InferenceApp, Receive, Scope, Send
 from modelyard.serving.runtime import InferenceRuntime
@@ -42,20 +46,108 @@ SETTINGS_ENV = "MODELYARD_SETTINGS_JSON"
 CONTROL_PREFIXES = ("/api", "/ui", "/docs", "/openapi.json", "/redoc")
 
 
+class StopSignal:
+    """Set once this process is asked to stop (SIGINT, SIGTERM), so waiting GETs end at once.
+
+    uvicorn's graceful shutdown waits for every request in flight, and a replica's config
+    long-poll waits up to 20 s: Ctrl-C on a control plane with replicas attached took that
+    long. Armed at lifespan startup, after uvicorn installed its own handlers, it chains a
+    handler in front of them (in the main thread only: servers that tests run in a thread
+    keep the plain behaviour). Once set, :meth:`receive` tells a GET request its caller is
+    gone, so the long-poll, which checks that every second, answers 304 and the replica
+    re-polls and finds the server stopping. Requests with a body, and streamed downloads,
+    still finish.
+    """
+
+    def __init__(self) -> None:
+        self.event: asyncio.Event | None = None
+
+    def arm(self) -> None:
+        event = self.event = asyncio.Event()
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(event.set)
+                previous(signum, frame)
+
+            signal.signal(sig, handler)
+
+    def receive(self, receive: Receive) -> Receive:
+        """``receive``, answering ``http.disconnect`` at once when the process is stopping."""
+        event = self.event
+        if event is None:
+            return receive
+
+        async def receive_until_stopping() -> dict[str, Any]:
+            if event.is_set():
+                return {"type": "http.disconnect"}
+            return await receive()
+
+        return receive_until_stopping
+
+
+async def _redirect_to_dashboard(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 307, "headers": [(b"location", b"/ui")]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _control_http(app: Any, stop: StopSignal, scope: Scope, receive: Receive, send: Send) -> None:
+    """A control plane request: ``GET /`` goes to the dashboard; GETs end when stopping."""
+    method = scope.get("method")
+    if method in ("GET", "HEAD") and scope.get("path") == "/":
+        await _redirect_to_dashboard(send)
+        return
+    if method == "GET":
+        receive = stop.receive(receive)
+    await app(scope, receive, send)
+
+
+class ControlPlaneApp:
+    """The control plane app of ``modelyard control-plane``, with the :class:`StopSignal` and
+    ``GET /`` going to the dashboard."""
+
+    def __init__(self, control: Any) -> None:
+        self.control = control
+        self.stop = StopSignal()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+
+            async def receive_and_arm() -> dict[str, Any]:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.stop.arm()
+                return message
+
+            await self.control(scope, receive_and_arm, send)
+        elif scope["type"] == "http":
+            await _control_http(self.control, self.stop, scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+
 class AllInOneApp:
-    """Dispatches control-plane paths to the FastAPI app and everything else to the replica."""
+    """Dispatches control-plane paths (and ``GET /``, to the dashboard) to the FastAPI app and
+    everything else to the replica."""
 
     def __init__(self, control: Any, inference: InferenceApp) -> None:
         self.control = control
         self.inference = inference
+        self.stop = StopSignal()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
         path: str = scope.get("path", "")
-        if path.startswith(CONTROL_PREFIXES):
-            await self.control(scope, receive, send)
+        if path.startswith(CONTROL_PREFIXES) or path == "/":
+            await _control_http(self.control, self.stop, scope, receive, send)
         else:
             await self.inference(scope, receive, send)
 
@@ -70,6 +162,7 @@ class AllInOneApp:
             log.exception("startup failed")
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
+        self.stop.arm()
         await send({"type": "lifespan.startup.complete"})
         message = await receive()
         try:
@@ -140,11 +233,11 @@ def inference_factory() -> InferenceApp:
     return create_inference_app(_settings_from_env())
 
 
-def control_plane_factory() -> Any:
+def control_plane_factory() -> ControlPlaneApp:
     """uvicorn factory for worker processes of ``modelyard control-plane``."""
     from modelyard.control.api import create_control_app
 
-    return create_control_app(_settings_from_env())
+    return ControlPlaneApp(create_control_app(_settings_from_env()))
 
 
 def _export(settings: Settings) -> None:
@@ -165,8 +258,10 @@ def _uvicorn(factory: str, settings: Settings) -> None:
 
 def _run_uvicorn(uvicorn: Any, factory: str, settings: Settings) -> None:
     options: dict[str, Any] = {
-        "log_level": settings.log_level,
-        "access_log": False,
+        # every worker process applies the same logging config (uvicorn's lines included)
+        "log_config": logging_config(settings),
+        "log_level": None,
+        "access_log": settings.access_log,
         "loop": "auto",
         "http": "auto",
     }
@@ -175,6 +270,14 @@ def _run_uvicorn(uvicorn: Any, factory: str, settings: Settings) -> None:
 
         run_autoscaled(factory, settings, options)
         return
+    if settings.workers > 1 and settings.reuse_port:
+        from modelyard import reuseport
+
+        if reuseport.supported():  # a socket per worker: connections spread evenly (issue 14)
+            config = uvicorn.Config(factory, factory=True, host=settings.host, port=settings.port,
+                                    workers=settings.workers, **options)  # fmt: skip
+            reuseport.run(config)
+            return
     uvicorn.run(
         factory,
         factory=True,
@@ -191,14 +294,6 @@ def prepare_control_plane(settings: Settings) -> None:
 
     settings.resolved_home().mkdir(parents=True, exist_ok=True)
     create_control_app(settings)
-
-
-def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # a line per control-plane call is noise at info level
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def run_all_in_one(settings: Settings) -> None:

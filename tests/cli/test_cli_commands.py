@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modelyard.client import Client
 from tests.cli.cli_harness import CliHarness, cli_env
-from tests.servers import RunningControlPlane, free_port
+from tests.servers import RunningControlPlane, free_port, run_control_plane
 
 
 def _upload(run_cli: CliHarness, path: Path, *extra: str, name: str = "iris") -> str:
@@ -84,7 +84,9 @@ def test_model_upload_prints_id_alone_on_last_line(
     assert model["artifact"]["size"] == model_file.stat().st_size
 
 
-def test_model_upload_folder_and_url(run_cli: CliHarness, client: Client, tmp_path: Path) -> None:
+def test_model_upload_folder_and_url(
+    run_cli: CliHarness, client: Client, control_plane: RunningControlPlane, tmp_path: Path
+) -> None:
     folder = tmp_path / "saved_model"
     (folder / "variables").mkdir(parents=True)
     (folder / "saved_model.pb").write_bytes(b"pb")
@@ -94,18 +96,14 @@ def test_model_upload_folder_and_url(run_cli: CliHarness, client: Client, tmp_pa
 
     remote = tmp_path / "remote.onnx"
     remote.write_bytes(b"onnx bytes")
-    result = run_cli(
-        "model",
-        "upload",
-        "--name",
-        "net",
-        "--project",
-        "demo",
-        "--framework",
-        "onnx",
-        "--url",
-        str(remote),
-    )
+    by_url = ("model", "upload", "--name", "net", "--project", "demo", "--framework", "onnx",
+              "--url", str(remote))  # fmt: skip
+    refused = run_cli(*by_url, ok=False)  # a path on the control plane's disk: not by default
+    assert "path on the control plane's disk" in refused.stderr and "--path" in refused.stderr
+    settings = control_plane.settings
+    allowing = settings.model_copy(update={"model_url_schemes": [*settings.model_url_schemes, "file"]})
+    with run_control_plane(allowing) as other:
+        result = CliHarness(cli_env(other.url, other.home))(*by_url)
     url_model = client.get_model(result.stdout.strip().splitlines()[-1])
     assert url_model["artifact"]["size"] == len(b"onnx bytes")
 

@@ -1,6 +1,6 @@
 """``modelyard canary`` and ``modelyard auto-deploy`` against a real all-in-one server (thread).
 
-The first test is the README's walkthrough "publish a model and it gets 10%, the previous one
+The first test is the walkthrough of docs/canary.md "publish a model and it gets 10%, the previous one
 90%", command for command.
 """
 

@@ -30,7 +30,7 @@ def _infer_when_ready(client: Client, endpoint: str, version: str, data: object)
     deadline = time.monotonic() + 10
     while True:
         try:
-            return client.infer(endpoint, version, data=data)
+            return client.infer(endpoint, version=version, data=data)
         except (errors.NotFound, errors.Unavailable):
             if time.monotonic() > deadline:
                 raise
@@ -81,7 +81,7 @@ def test_upload_add_infer_via_cli_and_sdk(all_in_one: tuple[str, Settings], tmp_
         answer = _infer_when_ready(client, "iris", "1", {"x0": 1, "x1": 2})
         expected = model.predict(np.array([[1, 2]])).tolist()
         assert answer == {"y": expected, "code": "cli"}
-        assert client.infer("iris", "1", data={"x0": 1, "x1": 2}, gzip=True) == answer
+        assert client.infer("iris", version="1", data={"x0": 1, "x1": 2}, gzip=True) == answer
 
         deadline = time.monotonic() + 10
         while "ready" not in run_cli("endpoint", "list").stdout:

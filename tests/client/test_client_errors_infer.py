@@ -99,7 +99,7 @@ def echo(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Settings]]:
             deadline = time.monotonic() + 10
             while True:
                 try:
-                    client.infer("echo", "1", data={"ready": 1})
+                    client.infer("echo", version="1", data={"ready": 1})
                     break
                 except (errors.NotFound, errors.Unavailable):
                     assert time.monotonic() < deadline
@@ -110,18 +110,18 @@ def echo(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Settings]]:
 def test_infer_posts_json_gzip_and_bytes(echo: tuple[str, Settings]) -> None:
     url, settings = echo
     with Client(url, settings=settings) as c:
-        assert c.infer("echo", "1", data={"x": [[1, 2, 3, 4]]}) == {"x": [[1, 2, 3, 4]]}
+        assert c.infer("echo", version="1", data={"x": [[1, 2, 3, 4]]}) == {"x": [[1, 2, 3, 4]]}
         assert c.infer("echo", data={"x": 1}, gzip=True) == {"x": 1}  # no version: highest
-        assert c.infer("echo", "1", data=b"\x89PNG") == b"GNP\x89"
+        assert c.infer("echo", version="1", data=b"\x89PNG") == b"GNP\x89"
 
 
 def test_infer_errors_map_to_kinds(echo: tuple[str, Settings]) -> None:
     url, settings = echo
     with Client(url, settings=settings) as c:
         with pytest.raises(errors.Unprocessable, match="FP32"):
-            c.infer("echo", "1", data={"fail": True})
+            c.infer("echo", version="1", data={"fail": True})
         with pytest.raises(errors.NotFound, match="'echo/9'"):
-            c.infer("echo", "9", data={})
+            c.infer("echo", version="9", data={})
 
 
 def test_timeout_is_unavailable(echo: tuple[str, Settings]) -> None:
@@ -130,7 +130,7 @@ def test_timeout_is_unavailable(echo: tuple[str, Settings]) -> None:
         Client(url, settings=settings, timeout=0.3) as c,
         pytest.raises(errors.Unavailable, match="did not answer"),
     ):
-        c.infer("echo", "1", data={"sleep": 2})
+        c.infer("echo", version="1", data={"sleep": 2})
 
 
 def test_list_models_query_parameters(echo: tuple[str, Settings], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from modelyard import errors
 from modelyard.client import Client, pack_folder
 from modelyard.config import ServiceConfig, TensorSpec
 from modelyard.settings import Settings
-from tests.servers import RunningControlPlane, free_port
+from tests.servers import RunningControlPlane, free_port, run_control_plane
 
 
 def _model_file(tmp_path: Path, size: int = 3 * 1024 * 1024 + 17) -> Path:
@@ -140,10 +140,14 @@ def test_models(client: Client, tmp_path: Path) -> None:
         client.get_model(other["id"])
 
 
-def test_register_model_url(client: Client, tmp_path: Path) -> None:
+def test_register_model_url(client: Client, settings: Settings, tmp_path: Path) -> None:
     remote = tmp_path / "remote.onnx"
     remote.write_bytes(b"onnx!")
-    model = client.register_model_url(str(remote), "net", "demo", "onnx", tags=["r"])
+    with pytest.raises(errors.BadRequest, match="path on the control plane's disk"):
+        client.register_model_url(str(remote), "net", "demo", "onnx")  # refused by default
+    allowing = settings.model_copy(update={"model_url_schemes": [*settings.model_url_schemes, "file"]})
+    with run_control_plane(allowing) as running, Client(running.url, settings=allowing) as c:
+        model = c.register_model_url(str(remote), "net", "demo", "onnx", tags=["r"])
     assert model["artifact"]["sha256"] == hashlib.sha256(b"onnx!").hexdigest()
     assert model["url"] == str(remote)
 

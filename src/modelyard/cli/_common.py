@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sys
@@ -41,7 +42,52 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-class Group(TyperGroup):
+def close_matches(word: str, choices: Sequence[str]) -> list[str]:
+    """The (at most two) ``choices`` closest to ``word``: a typo, or a name it begins or ends."""
+    low = word.lower()
+    close = difflib.get_close_matches(low, list(choices), n=2, cutoff=0.6)
+    return close or [c for c in choices if low and (c.startswith(low) or low in c)][:2]
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``Did you mean 'pytorch'?`` for the closest of ``choices``, or ``""``."""
+    close = close_matches(word, choices)
+    return f"Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _flags_untyped(params: list[Any]) -> list[Any]:
+    """On/off flags (``--help``, ``--published``) show no ``<bool>`` type in help: they take no value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class SubGroup(TyperGroup):
+    """Every command group: "did you mean" for a mistyped command, and flags shown without a type.
+
+    The commands it resolves get the same help treatment (see :func:`_flags_untyped`).
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_untyped(super().get_params(ctx))
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            name, cmd, rest = super().resolve_command(ctx, args)
+        except Exception as exc:  # click's UsageError (typer's own copy in typer >= 0.22)
+            message = getattr(exc, "message", None)
+            if args and isinstance(message, str) and "did you mean" not in message.lower():
+                hint = did_you_mean(args[0], self.list_commands(ctx))
+                if hint:
+                    exc.message = f"{message.rstrip('.')}. {hint}"  # type: ignore[attr-defined]
+            raise
+        if cmd is not None:
+            _flags_untyped(cmd.get_params(ctx))
+        return name, cmd, rest
+
+
+class Group(SubGroup):
     """The root group: turns every :class:`ModelyardError` into ``error: ...`` and exit 1."""
 
     def invoke(self, ctx: Any) -> Any:
@@ -116,7 +162,14 @@ def client() -> Iterator[Client]:
 
 
 def service_option() -> Any:
-    return typer.Option(None, "--service", help="Serving service (default: MODELYARD_SERVICE or 'default').")
+    return typer.Option(
+        None, "--service", help="Serving service.", show_default="MODELYARD_SERVICE, else default"
+    )
+
+
+def sub_app(help: str, **kwargs: Any) -> typer.Typer:
+    """A command group of the CLI (``endpoint``, ``model``...), with :class:`SubGroup` behaviour."""
+    return typer.Typer(cls=SubGroup, help=help, no_args_is_help=True, **kwargs)
 
 
 def resolve_service(service: str | None) -> str:

@@ -3,6 +3,8 @@
 ``modelyard auto-deploy add --endpoint iris_auto --engine sklearn --name "iris.*" --project demo
 --published --max-versions 2 --preprocess p.py``: every matching model becomes
 ``iris_auto/<n>`` as soon as it is published or tagged; the newest N stay, older ones go.
+The engine options, user-code settings and declared tensors (``--option``, ``--aux``,
+``--input-*``/``--output-*``, as on ``endpoint add``) go to every version deployed.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Any
 import typer
 
 from modelyard.cli import _common as common
+from modelyard.cli import _flags as ep_flags
+from modelyard.errors import RevisionConflict
 
-app = typer.Typer(help="Deploy newly published models automatically.", no_args_is_help=True)
+app = common.sub_app("Deploy newly published models automatically.")
 
 ENDPOINT = typer.Option(..., "--endpoint", help="The endpoint the models are served as (<endpoint>/<n>).")
 
@@ -37,19 +41,27 @@ def add(
     preprocess: Path | None = typer.Option(
         None, "--preprocess", help="Preprocess code bound to each version."
     ),
-    option: list[str] | None = typer.Option(None, "--option", help="Engine options: key=value."),
-    aux: list[str] | None = typer.Option(
-        None, "--aux", "--aux-config", help="User code settings: key=value."
-    ),
+    option: list[str] | None = ep_flags.OPTION,
+    aux: list[str] | None = ep_flags.AUX,
+    input_name: list[str] | None = ep_flags.INPUT_NAME,
+    input_type: list[str] | None = ep_flags.INPUT_TYPE,
+    input_size: list[str] | None = ep_flags.INPUT_SIZE,
+    output_name: list[str] | None = ep_flags.OUTPUT_NAME,
+    output_type: list[str] | None = ep_flags.OUTPUT_TYPE,
+    output_size: list[str] | None = ep_flags.OUTPUT_SIZE,
     service: str | None = common.service_option(),
 ) -> None:
     """Add (or replace) a rule and deploy the models that match it now."""
+    ep_flags.check_engine_flags(engine, model_given=True, code_given=preprocess is not None)
+    inputs = ep_flags.build_tensors("input", input_name, input_type, input_size) or []
+    outputs = ep_flags.build_tensors("output", output_name, output_type, output_size) or []
     svc = common.resolve_service(service)
     with common.client() as c:
         rule = c.add_auto_deploy(
             svc, endpoint, engine=engine, name=name, project=project, tags=tags or (),
             published=published, max_versions=max_versions, preprocess=_preprocess(preprocess),
             options=common.parse_pairs(option, "--option"), auxiliary=common.parse_pairs(aux, "--aux"),
+            inputs=inputs, outputs=outputs,
         )  # fmt: skip
     deployed = " ".join(d["key"] for d in rule.get("deployed") or []) or "nothing yet"
     typer.echo(f"auto-deploy {endpoint!r} in service {svc!r}: {deployed}")
@@ -65,12 +77,26 @@ def update(
     published: bool | None = typer.Option(None, "--published/--any-state", help="Only published models."),
     max_versions: int | None = typer.Option(None, "--max-versions", help="Keep the newest N."),
     preprocess: Path | None = typer.Option(None, "--preprocess", help="Preprocess code of new versions."),
+    option: list[str] | None = ep_flags.OPTION,
+    aux: list[str] | None = ep_flags.AUX,
+    input_name: list[str] | None = ep_flags.INPUT_NAME,
+    input_type: list[str] | None = ep_flags.INPUT_TYPE,
+    input_size: list[str] | None = ep_flags.INPUT_SIZE,
+    output_name: list[str] | None = ep_flags.OUTPUT_NAME,
+    output_type: list[str] | None = ep_flags.OUTPUT_TYPE,
+    output_size: list[str] | None = ep_flags.OUTPUT_SIZE,
     apply_to_existing: bool = typer.Option(
         False, "--apply-to-existing", help="Also change the versions already deployed."
     ),
     service: str | None = common.service_option(),
 ) -> None:
-    """Change a rule; deployed versions keep their code unless --apply-to-existing."""
+    """Change a rule; deployed versions keep their code and settings unless --apply-to-existing.
+
+    --option and --aux are merged into the rule's current ones (key= with an empty value
+    removes it); --input-*/--output-* replace its declared tensors.
+    """
+    if engine is not None:
+        ep_flags.check_engine_flags(engine, model_given=True, code_given=True)  # the rule's code stays
     given: dict[str, Any] = {
         "engine": engine, "name": name, "project": project, "tags": tags, "published": published,
         "max_versions": max_versions, "preprocess": _preprocess(preprocess),
@@ -78,7 +104,31 @@ def update(
     changes = {k: v for k, v in given.items() if v is not None}
     svc = common.resolve_service(service)
     with common.client() as c:
-        rule = c.update_auto_deploy(svc, endpoint, apply_to_existing=apply_to_existing, **changes)
+        for attempt in range(1, 9):
+            # the rule is read at the service's revision, and written only if nothing moved since
+            revision = int(c.get_service(svc)["revision"])
+            tensor_flags = (input_name, input_type, input_size, output_name, output_type, output_size)
+            current = c.get_auto_deploy(svc, endpoint) if option or aux or any(tensor_flags) else {}
+            merged = dict(changes)
+            for field, items, flag in (("options", option, "--option"), ("auxiliary", aux, "--aux")):
+                value = ep_flags.merge_pairs(current.get(field), items, flag)
+                if value is not None:
+                    merged[field] = value
+            inputs = ep_flags.build_tensors(
+                "input", input_name, input_type, input_size, current.get("inputs")
+            )
+            outputs = ep_flags.build_tensors(
+                "output", output_name, output_type, output_size, current.get("outputs")
+            )
+            merged.update({k: v for k, v in (("inputs", inputs), ("outputs", outputs)) if v is not None})
+            try:
+                rule = c.update_auto_deploy(
+                    svc, endpoint, apply_to_existing=apply_to_existing, if_revision=revision, **merged
+                )
+                break
+            except RevisionConflict:
+                if attempt == 8:
+                    raise
     deployed = " ".join(d["key"] for d in rule.get("deployed") or []) or "nothing"
     typer.echo(f"auto-deploy {endpoint!r} in service {svc!r} updated: {deployed}")
 

@@ -11,9 +11,7 @@ import typer
 
 from modelyard.cli import _common as common
 
-app = typer.Typer(
-    help="Split an endpoint's traffic over endpoint versions (canary, A/B).", no_args_is_help=True
-)
+app = common.sub_app("Split an endpoint's traffic over endpoint versions (canary, A/B).")
 
 
 @common.command(app, "add")

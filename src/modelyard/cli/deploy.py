@@ -42,7 +42,7 @@ def apply_cmd(
 ) -> None:
     """Make the control plane match the spec; applying the same file again changes nothing.
 
-    Every write carries the service revision it was planned against (``If-Match``); when
+    Every write carries the service revision it was planned against (If-Match); when
     another writer gets in between, apply plans again from what is there and goes on.
     """
     from modelyard.deploy.apply import apply
@@ -62,7 +62,7 @@ def diff_cmd(
         False, "--exit-code", help="Exit with status 2 when applying would change something."
     ),
 ) -> None:
-    """Show what ``apply -f`` would change (+ create, ~ update, - delete, = unchanged); writes nothing."""
+    """Show what 'apply -f' would change (+ create, ~ update, - delete, = unchanged); writes nothing."""
     from modelyard.deploy.apply import diff
 
     plans = _plans(file)
@@ -86,7 +86,7 @@ def delete_cmd(
     _print(results, as_json)
 
 
-k8s_app = typer.Typer(help="Kubernetes manifests for the platform and Inference specs.", no_args_is_help=True)
+k8s_app = common.sub_app("Kubernetes manifests for the platform and Inference specs.")
 
 
 @k8s_app.command("render")
@@ -97,18 +97,20 @@ def k8s_render(
     admin_token: str | None = typer.Option(
         None,
         "--admin-token",
-        help="Put this admin token in the Secret (default: an empty Secret to fill in).",
+        help="Put this admin token in the Secret.",
+        show_default="an empty Secret to fill in",
     ),
     replica_token: str | None = typer.Option(
         None,
         "--replica-token",
-        help="The replicas' reader token for its Secret (default: an empty Secret to fill in).",
+        help="The replicas' token for its Secret (registered with the replica role).",
+        show_default="an empty Secret to fill in",
     ),
     no_platform: bool = typer.Option(
         False, "--no-platform", help="Only the spec's objects, not the control plane and ServiceMonitor."
     ),
 ) -> None:
-    """Print the manifests (multi-document YAML) for the spec, ready for ``kubectl apply -f -``.
+    """Print the manifests (multi-document YAML) for the spec, ready for 'kubectl apply -f -'.
 
     One Deployment, Service, PDB (and HPA) per predictor, each loading only its own endpoint
     version; a Gateway API HTTPRoute (spec.gateway names the Gateway) splits the traffic by

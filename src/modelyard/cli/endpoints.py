@@ -1,14 +1,11 @@
 """``modelyard endpoint ...``: add, update, list, show and remove endpoint versions.
 
-Flags follow clearml-serving's ``model add``: ``--input-name x0 x1 --input-type float32 float32
---input-size '[1,4]' '[-1]'`` (one value per input; a single shape may also be written as plain
-numbers, ``--input-size 1 4``), ``--name/--project/--tags/--published`` to pick the newest
-matching model instead of ``--model-id``.
+The flags (shared with ``auto-deploy``) are defined and parsed in :mod:`modelyard.cli._flags`.
 """
 
 from __future__ import annotations
 
-import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,152 +13,43 @@ from typing import Any
 import typer
 
 from modelyard.cli import _common as common
-from modelyard.errors import BadRequest, ModelyardError
+from modelyard.cli._flags import (
+    AUX,
+    ENDPOINT,
+    ENGINE,
+    INPUT_NAME,
+    INPUT_SIZE,
+    INPUT_TYPE,
+    MAX_BATCH_DELAY,
+    MAX_BATCH_SIZE,
+    MAX_QUEUE,
+    MODEL_ID,
+    NAME,
+    OPTION,
+    OUTPUT_NAME,
+    OUTPUT_SIZE,
+    OUTPUT_TYPE,
+    PREPROCESS,
+    PROJECT,
+    PUBLISHED,
+    TAGS,
+    VERSION,
+    WAIT,
+    WAIT_TIMEOUT,
+    batching_options,
+    build_tensors,
+    check_engine_flags,
+    checked_model_query,
+    endpoint_and_version,
+    merge_pairs,
+    parse_sizes,
+)
+from modelyard.cli._wait import report_loaded
+from modelyard.errors import ModelyardError, NotFound
 
-app = typer.Typer(help="Add, update, list and remove endpoints of a service.", no_args_is_help=True)
+__all__ = ["app", "build_tensors", "parse_sizes"]
 
-_T = "Tensors (clearml-serving flags)"
-_M = "Model selection"
-
-
-def _dtype(value: str, flag: str) -> str:
-    import numpy as np
-
-    try:
-        np.dtype(value)
-    except TypeError:
-        raise BadRequest(
-            f"{flag} {value!r} is not a numpy dtype name (float32, int64, uint8, bool, str...)"
-        ) from None
-    return value
-
-
-def parse_sizes(values: list[str] | None, flag: str) -> list[list[int]]:
-    """``["[1,4]", "[-1]"]`` → one shape per value; ``["1", "4"]`` → the single shape ``[1, 4]``."""
-    parsed: list[Any] = []
-    for value in values or ():
-        try:
-            parsed.append(json.loads(value))
-        except ValueError:
-            raise BadRequest(
-                f"{flag} {value!r} is neither a number nor a JSON list such as '[1,4]' or '[-1]'"
-            ) from None
-    if not parsed:
-        return []
-    if all(isinstance(p, int) and not isinstance(p, bool) for p in parsed):
-        return [parsed]
-    if all(isinstance(p, list) and all(isinstance(d, int) for d in p) for p in parsed):
-        return parsed
-    raise BadRequest(f"{flag} takes numbers ('1 4') or one JSON list per tensor ('[1,4]' '[-1]')")
-
-
-def build_tensors(
-    what: str,
-    names: list[str] | None,
-    types: list[str] | None,
-    sizes: list[str] | None,
-    existing: list[dict[str, Any]] | None = None,
-) -> list[dict[str, Any]] | None:
-    """TensorSpec dicts from the ``--<what>-name/-type/-size`` flags, over ``existing`` ones.
-
-    ``None`` when no flag of this group was given (leave the tensors as they are).
-    """
-    shapes = parse_sizes(sizes, f"--{what}-size")
-    if not names and not types and not shapes:
-        return None
-    base = existing or []
-    count = len(names) if names else len(base)
-    if count == 0:
-        raise BadRequest(f"give --{what}-name for each {what} (with --{what}-type/--{what}-size)")
-    for flag, values in ((f"--{what}-type", types), (f"--{what}-size", shapes)):
-        if values and len(values) != count:
-            raise BadRequest(
-                f"{flag} has {len(values)} value(s) but there are {count} {what}(s): give one per {what}"
-            )
-    out = []
-    for i in range(count):
-        spec = dict(base[i]) if i < len(base) else {}
-        if names:
-            spec["name"] = names[i]
-        if types:
-            spec["dtype"] = _dtype(types[i], f"--{what}-type")
-        if shapes:
-            spec["shape"] = shapes[i]
-        out.append({k: v for k, v in spec.items() if v is not None})
-    return out
-
-
-def model_query(
-    name: str | None, project: str | None, tags: list[str] | None, published: bool
-) -> dict[str, Any] | None:
-    query: dict[str, Any] = {}
-    if name:
-        query["name"] = name
-    if project:
-        query["project"] = project
-    if tags:
-        query["tags"] = list(tags)
-    if published:
-        query["published"] = True
-    return query or None
-
-
-def _checked_model_query(
-    model_id: str | None,
-    name: str | None,
-    project: str | None,
-    tags: list[str] | None,
-    published: bool,
-    preprocess: Path | None,
-) -> dict[str, Any] | None:
-    """The model query of the flags, refusing both a model id and a query, or missing code."""
-    query = model_query(name, project, tags, published)
-    if model_id and query:
-        raise common.fail("give either --model-id or --name/--project/--tags/--published, not both")
-    if preprocess is not None and not preprocess.exists():
-        raise common.fail(f"--preprocess {str(preprocess)!r} does not exist")
-    return query
-
-
-def _key(endpoint: str, version: str | None) -> tuple[str, str | None]:
-    if version is None and "/" in endpoint:
-        ep, _, ver = endpoint.partition("/")
-        return ep, ver
-    return endpoint, version
-
-
-# One definition of the shared flags, used by both ``add`` and ``update``.
-def _opt(*decls: str, help: str, panel: str | None = None) -> Any:
-    return typer.Option(None, *decls, help=help, rich_help_panel=panel)
-
-
-ENDPOINT = typer.Option(..., "--endpoint", help="Endpoint name (the URL is /serve/<endpoint>).")
-VERSION = _opt("--version", help="Endpoint version (default: the unversioned endpoint).")
-ENGINE = _opt("--engine", help="Engine: sklearn, xgboost, lightgbm, onnx, torch, triton, custom...")
-MODEL_ID = _opt("--model-id", help="The model to serve.", panel=_M)
-NAME = _opt("--name", help="Or: newest model with this name (regex)...", panel=_M)
-PROJECT = _opt("--project", help="...in this project...", panel=_M)
-TAGS = _opt("--tags", help="...with all these tags...", panel=_M)
-PUBLISHED = typer.Option(False, "--published", help="...and published.", rich_help_panel=_M)
-PREPROCESS = _opt("--preprocess", help="Preprocess code: a .py file or a package folder.")
-INPUT_NAME = _opt("--input-name", help="Input names: --input-name x0 x1.", panel=_T)
-INPUT_TYPE = _opt("--input-type", help="Input numpy dtypes: float32 int64...", panel=_T)
-INPUT_SIZE = _opt("--input-size", help="Input shapes: '[1,4]' '[-1]' (-1: any).", panel=_T)
-OUTPUT_NAME = _opt("--output-name", help="Output names.", panel=_T)
-OUTPUT_TYPE = _opt("--output-type", help="Output numpy dtypes.", panel=_T)
-OUTPUT_SIZE = _opt("--output-size", help="Output shapes.", panel=_T)
-OPTION = _opt("--option", help="Engine/batching options: key=value (max_batch_size=8).")
-AUX = _opt("--aux", "--aux-config", help="Settings for user code: key=value.")
-_B = "Dynamic batching"
-MAX_BATCH_SIZE = _opt("--max-batch-size", help="Stack up to N concurrent requests into one call.", panel=_B)
-MAX_BATCH_DELAY = _opt("--max-batch-delay-ms", help="Wait at most this long for a batch to fill.", panel=_B)
-MAX_QUEUE = _opt("--max-queue", help="Requests waiting beyond this are refused with 503.", panel=_B)
-
-
-def batching_options(size: int | None, delay_ms: float | None, queue: int | None) -> dict[str, Any]:
-    """The batching flags as endpoint options (only those given)."""
-    given = {"max_batch_size": size, "max_batch_delay_ms": delay_ms, "max_queue": queue}
-    return {k: v for k, v in given.items() if v is not None}
+app = common.sub_app("Add, update, list and remove endpoints of a service.")
 
 
 @common.command(app, "add")
@@ -187,10 +75,16 @@ def add(
     max_batch_size: int | None = MAX_BATCH_SIZE,
     max_batch_delay_ms: float | None = MAX_BATCH_DELAY,
     max_queue: int | None = MAX_QUEUE,
+    wait: bool | None = WAIT,
+    wait_timeout: float = WAIT_TIMEOUT,
 ) -> None:
-    """Add (or replace) an endpoint version serving a model."""
-    endpoint, version = _key(endpoint, version)
-    query = _checked_model_query(model_id, name, project, tags, published, preprocess)
+    """Add (or replace) an endpoint version serving a model.
+
+    On a terminal it waits until the replicas have loaded it (see --wait).
+    """
+    endpoint, version = endpoint_and_version(endpoint, version)
+    query = checked_model_query(model_id, name, project, tags, published, preprocess)
+    check_engine_flags(engine, model_given=bool(model_id or query), code_given=preprocess is not None)
     inputs = build_tensors("input", input_name, input_type, input_size) or []
     outputs = build_tensors("output", output_name, output_type, output_size) or []
     svc = common.resolve_service(service)
@@ -212,9 +106,13 @@ def add(
             },
             auxiliary=common.parse_pairs(aux, "--aux"),
         )
-    key = ep.get("key") or (f"{endpoint}/{version}" if version else endpoint)
-    model = f" serving model {ep['model_id']}" if ep.get("model_id") else ""
-    typer.echo(f"endpoint {key!r} in service {svc!r}{model} ({ep.get('engine', engine)})")
+        key = str(ep.get("key") or (f"{endpoint}/{version}" if version else endpoint))
+        model = f", model {ep['model_id']}" if ep.get("model_id") else ""
+        typer.echo(f"endpoint {key!r} added to service {svc!r} ({ep.get('engine', engine)}{model})")
+        if wait if wait is not None else sys.stdout.isatty():
+            report_loaded(c, svc, key, wait_timeout)
+        else:
+            typer.echo("the replicas load it now: 'modelyard endpoint list' shows its state (or add --wait)")
 
 
 @common.command(app, "update")
@@ -245,8 +143,8 @@ def update(
 
     --option and --aux are merged into the current ones (key= with an empty value removes it).
     """
-    endpoint, version = _key(endpoint, version)
-    query = _checked_model_query(model_id, name, project, tags, published, preprocess)
+    endpoint, version = endpoint_and_version(endpoint, version)
+    query = checked_model_query(model_id, name, project, tags, published, preprocess)
     svc = common.resolve_service(service)
     with common.client() as c:
         # uploaded once; the merge below may run again if another writer changes the service
@@ -255,11 +153,11 @@ def update(
         def change(current: dict[str, Any]) -> dict[str, Any]:
             inputs = build_tensors("input", input_name, input_type, input_size, current.get("inputs"))
             outputs = build_tensors("output", output_name, output_type, output_size, current.get("outputs"))
-            options = _merge(current.get("options"), option, "--option")
+            options = merge_pairs(current.get("options"), option, "--option")
             batching = batching_options(max_batch_size, max_batch_delay_ms, max_queue)
             if batching:
                 options = {**(options if options is not None else current.get("options") or {}), **batching}
-            auxiliary = _merge(current.get("auxiliary"), aux, "--aux")
+            auxiliary = merge_pairs(current.get("auxiliary"), aux, "--aux")
             return {
                 "engine": engine, "model_id": model_id, "model_query": query, "preprocess": code,
                 "inputs": inputs, "outputs": outputs, "options": options, "auxiliary": auxiliary,
@@ -268,18 +166,6 @@ def update(
         # read-modify-write with If-Match: a concurrent change is merged, never lost
         ep = c.modify_endpoint(svc, endpoint, version, change)
     typer.echo(f"endpoint {ep.get('key', endpoint)!r} in service {svc!r} updated")
-
-
-def _merge(current: Any, items: list[str] | None, flag: str) -> dict[str, Any] | None:
-    if not items:
-        return None
-    merged = dict(current or {})
-    for key, value in common.parse_pairs(items, flag).items():
-        if value == "":
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _states(status: dict[str, Any] | None) -> dict[str, str]:
@@ -342,28 +228,106 @@ def list_(
     )
 
 
+ALL_VERSIONS = typer.Option(False, "--all", help="Every version of the endpoint.")
+
+
+def _versions(c: Any, svc: str, endpoint: str) -> list[dict[str, Any]]:
+    """The endpoint versions named ``endpoint`` (the unversioned one first, then 1, 2, ... 10)."""
+    found = [e for e in c.list_endpoints(svc) if e.get("endpoint") == endpoint]
+    return sorted(found, key=lambda e: (len(str(e.get("version") or "")), str(e.get("version") or "")))
+
+
+def _no_unversioned(endpoint: str, svc: str, versions: list[dict[str, Any]], hint: str) -> str:
+    keys = ", ".join(str(e.get("key")) for e in versions)
+    return f"endpoint {endpoint!r} of service {svc!r} exists only as versions {keys}: {hint}"
+
+
 @app.command("show")
 def show(
     endpoint: str = ENDPOINT,
     version: str | None = VERSION,
+    all_versions: bool = ALL_VERSIONS,
     service: str | None = common.service_option(),
 ) -> None:
-    """Print an endpoint version as JSON."""
-    endpoint, version = _key(endpoint, version)
+    """Print an endpoint version as JSON, with its state on each live replica.
+
+    Its 'replicas' lists, per replica, the version's state, its load error, and the last error
+    its code raised there ('last_user_error': hook, message with the user's file:line, time,
+    counts). Without --version, for an endpoint that only has versions (iris/1, iris/2), or
+    with --all: a JSON list of all of them.
+    """
+    endpoint, version = endpoint_and_version(endpoint, version)
+    if all_versions and version:
+        raise common.fail("give either --version or --all, not both")
+    svc = common.resolve_service(service)
     with common.client() as c:
-        common.print_json(c.get_endpoint(common.resolve_service(service), endpoint, version))
+        single = not all_versions
+        if all_versions:
+            eps = _versions(c, svc, endpoint)
+            if not eps:
+                raise NotFound(f"endpoint {endpoint!r} not found in service {svc!r}")
+        else:
+            try:
+                eps = [c.get_endpoint(svc, endpoint, version)]
+            except NotFound:
+                eps = _versions(c, svc, endpoint) if version is None else []
+                if not eps:
+                    raise
+                single = False
+                typer.echo(
+                    _no_unversioned(endpoint, svc, eps, "showing them all (--version V for one)"), err=True
+                )
+        try:
+            status: dict[str, Any] | None = c.status(svc)
+        except ModelyardError:
+            status = None
+    shown = [{**ep, "replicas": _replica_states(status, str(ep.get("key")))} for ep in eps]
+    common.print_json(shown[0] if single else shown)
+
+
+def _replica_states(status: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
+    """What each live replica reports for endpoint version ``key``."""
+    out = []
+    for replica in (status or {}).get("replicas") or []:
+        for ep in replica.get("endpoints") or []:
+            if ep.get("key") == key:
+                entry = {"replica": replica.get("id"), "state": ep.get("state")}
+                for field in ("error", "last_user_error"):
+                    if ep.get(field):
+                        entry[field] = ep[field]
+                out.append(entry)
+    return out
 
 
 @app.command("remove")
 def remove(
     endpoint: str = ENDPOINT,
     version: str | None = VERSION,
+    all_versions: bool = ALL_VERSIONS,
     service: str | None = common.service_option(),
 ) -> None:
-    """Remove an endpoint version."""
-    endpoint, version = _key(endpoint, version)
+    """Remove an endpoint version (--all: every version of the endpoint)."""
+    endpoint, version = endpoint_and_version(endpoint, version)
+    if all_versions and version:
+        raise common.fail("give either --version or --all, not both")
     svc = common.resolve_service(service)
     with common.client() as c:
-        c.remove_endpoint(svc, endpoint, version)
-    key = f"{endpoint}/{version}" if version else endpoint
-    typer.echo(f"endpoint {key!r} removed from service {svc!r}")
+        if all_versions:
+            keys = [str(e.get("key")) for e in _versions(c, svc, endpoint)]
+            if not keys:
+                raise NotFound(f"endpoint {endpoint!r} not found in service {svc!r}")
+            for key in keys:
+                c.remove_endpoint(svc, key)
+        else:
+            try:
+                c.remove_endpoint(svc, endpoint, version)
+            except NotFound:
+                versions = _versions(c, svc, endpoint) if version is None else []
+                if not versions:
+                    raise
+                raise common.fail(
+                    _no_unversioned(endpoint, svc, versions, "give --version V, or --all to remove them all")
+                ) from None
+            keys = [f"{endpoint}/{version}" if version else endpoint]
+    for key in keys:
+        typer.echo(f"endpoint {key!r} removed from service {svc!r}")

@@ -18,7 +18,7 @@ import typer
 from modelyard.cli import _common as common
 from modelyard.errors import BadRequest
 
-app = typer.Typer(help="Custom statistics of endpoints: add, list and remove.", no_args_is_help=True)
+app = common.sub_app("Custom statistics of endpoints: add, list and remove.")
 
 
 def _split(item: str, flag: str, example: str) -> tuple[str, list[str]]:

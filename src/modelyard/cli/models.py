@@ -8,16 +8,28 @@ import typer
 
 from modelyard.cli import _common as common
 
-app = typer.Typer(help="Upload and manage models in the registry.", no_args_is_help=True)
+app = common.sub_app("Upload and manage models in the registry.")
+
+FRAMEWORKS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "tensorflow", "custom")
+"""What ``--framework`` accepts: the engines that serve a model file, and ``custom`` for a model
+your own Preprocess code loads."""
+
+
+def check_framework(framework: str) -> str:
+    """``framework`` itself when known; else exit 1 naming the known ones (and the closest)."""
+    if framework in FRAMEWORKS:
+        return framework
+    hint = common.did_you_mean(framework, FRAMEWORKS)
+    raise common.fail(
+        f"unknown --framework {framework!r}; known: {', '.join(FRAMEWORKS)}" + (f". {hint}" if hint else "")
+    )
 
 
 @common.command(app, "upload")
 def upload(
     name: str = typer.Option(..., "--name", help="Model name."),
     project: str = typer.Option(..., "--project", help="Project the model belongs to."),
-    framework: str = typer.Option(
-        ..., "--framework", help="Framework (sklearn, xgboost, lightgbm, onnx, torch...)."
-    ),
+    framework: str = typer.Option(..., "--framework", help=f"Framework: {', '.join(FRAMEWORKS)}."),
     path: Path | None = typer.Option(
         None, "--path", help="Model file or folder to upload (a folder is sent as a .tar.gz)."
     ),
@@ -31,6 +43,7 @@ def upload(
     ),
 ) -> None:
     """Upload a model (or register a remote one); prints the new model's id on the last line."""
+    check_framework(framework)
     if (path is None) == (url is None):
         raise common.fail("give exactly one of --path (upload a file) or --url (register a URL)")
     meta = common.parse_pairs(metadata, "metadata")
@@ -75,8 +88,8 @@ def download(
     out: Path | None = typer.Option(
         None,
         "--out",
-        help="File to write, or an existing folder to write into (default: the model's file "
-        "name in the current folder). A folder model arrives as its .tar.gz.",
+        help="File to write, or an existing folder to write into. A folder model arrives as its .tar.gz.",
+        show_default="the model's file name in the current folder",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite a file that already exists."),
 ) -> None:

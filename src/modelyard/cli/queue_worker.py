@@ -7,7 +7,6 @@ apply to it as to every command; ``python -m modelyard.cli.queue_worker`` runs i
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,10 @@ if TYPE_CHECKING:
 
 def queue_worker(
     service: str | None = typer.Option(
-        None, "--service", help="The serving service whose endpoints the worker runs (default: default)."
+        None,
+        "--service",
+        help="The serving service whose endpoints the worker runs.",
+        show_default="MODELYARD_SERVICE, else default",
     ),
     endpoint: str | None = typer.Option(
         None, "--endpoint", help="Default endpoint (iris/1) for entries without an 'endpoint' field."
@@ -31,20 +33,27 @@ def queue_worker(
         None,
         "--redis-url",
         envvar="MODELYARD_REDIS_URL",
-        help="Redis URL (default redis://127.0.0.1:6379/0).",
+        help="Redis URL.",
+        show_default="MODELYARD_REDIS_URL, else redis://127.0.0.1:6379/0",
     ),
     control_plane: str | None = typer.Option(
         None,
         "--control-plane",
         "--url",
-        help="Control plane URL to follow (default: the root --url, else MODELYARD_URL).",
+        help="Control plane URL to follow.",
+        show_default="the root --url, else MODELYARD_URL",
     ),
     token: str | None = typer.Option(
-        None, "--token", help="API token (default: root --token, else MODELYARD_TOKEN, else <home>/token)."
+        None,
+        "--token",
+        help="API token.",
+        show_default="the root --token, else MODELYARD_TOKEN, else <home>/token",
     ),
     consumers: int = typer.Option(1, "--consumers", min=1, help="Concurrent consumers in this process."),
     group: str = typer.Option("modelyard", "--group", help="Consumer group name."),
-    consumer: str | None = typer.Option(None, "--consumer", help="Consumer name prefix (default host-pid)."),
+    consumer: str | None = typer.Option(
+        None, "--consumer", help="Consumer name prefix.", show_default="<host>-<pid>"
+    ),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=4096, help="Entries read per batch."),
     block_ms: int = typer.Option(1000, "--block-ms", min=1, help="How long one read waits for entries."),
     claim_idle_ms: int = typer.Option(
@@ -55,14 +64,31 @@ def queue_worker(
     ),
     result_ttl: int = typer.Option(86_400, "--result-ttl", min=1, help="Seconds results are kept."),
     keep_acked: bool = typer.Option(
-        False, "--keep-acked", help="Keep acknowledged entries in the stream (default: delete them)."
+        False, "--keep-acked", help="Keep acknowledged entries in the stream (else they are deleted)."
     ),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve /metrics on this port."),
-    home: Path | None = typer.Option(None, "--home", help="State folder (token file, cache)."),
+    home: Path | None = typer.Option(
+        None,
+        "--home",
+        help="State folder (token file, cache).",
+        show_default="MODELYARD_HOME, else ~/.modelyard",
+    ),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Artifact cache folder."),
-    log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning..."),
+    log_level: str | None = typer.Option(
+        None,
+        "--log-level",
+        help="critical, error, warning, info or debug.",
+        show_default="MODELYARD_LOG_LEVEL, else info",
+    ),
+    log_format: str | None = typer.Option(
+        None,
+        "--log-format",
+        help="text, or json: one JSON object per line.",
+        show_default="MODELYARD_LOG_FORMAT, else text",
+    ),
 ) -> None:
     """Run a queue worker: read inputs from a Redis stream, run them, write results by uri."""
+    from modelyard.logs import setup_logging
     from modelyard.queue.runner import run_worker
     from modelyard.queue.worker import WorkerConfig
 
@@ -74,10 +100,9 @@ def queue_worker(
         home=home,
         cache_dir=cache_dir,
         log_level=log_level,
+        log_format=log_format,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings)  # quiet: no line per call of its control plane client
     config = WorkerConfig(
         stream=stream,
         group=group,
@@ -101,6 +126,8 @@ def worker_settings(**flags: Any) -> Settings:
     and token as every other command; MODELYARD_URL, MODELYARD_CONTROL_PLANE_URL and
     MODELYARD_TOKEN apply only when neither the command nor the root was given one.
     """
+    from pydantic import ValidationError
+
     from modelyard.settings import Settings
 
     given = {k: v for k, v in flags.items() if v is not None}
@@ -109,7 +136,12 @@ def worker_settings(**flags: Any) -> Settings:
         given.setdefault("control_plane_url", root.url)
     if root.token is not None:
         given.setdefault("token", root.token)
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise common.fail(
+            "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        ) from None
 
 
 def main() -> None:

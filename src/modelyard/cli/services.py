@@ -6,7 +6,7 @@ import typer
 
 from modelyard.cli import _common as common
 
-app = typer.Typer(help="Create, list and remove serving services.", no_args_is_help=True)
+app = common.sub_app("Create, list and remove serving services.")
 
 
 @app.command("create")

@@ -10,7 +10,9 @@ Errors come back as the :mod:`modelyard.errors` exception of the server's ``kind
     client = Client()                      # MODELYARD_URL, MODELYARD_TOKEN or <home>/token
     model = client.upload_model("model.pkl", name="iris", project="demo", framework="sklearn")
     client.add_endpoint("default", "iris", version="1", engine="sklearn", model_id=model["id"])
-    client.infer("iris", "1", data={"x": [[1, 2, 3, 4]]})
+    client.infer("iris", {"x0": 1, "x1": 2}, version="1")   # or client.infer("iris/1", {...})
+
+``examples/sdk.py`` runs that walk-through against a server (docs/concepts.md, "Python SDK").
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import httpx
 import orjson
 
+from modelyard import errors
 from modelyard.client.endpoints import MODIFY_ATTEMPTS, EndpointCalls, EndpointChange
 from modelyard.client.repository import CHUNK_SIZE, Progress, RepositoryCalls, pack_folder
 from modelyard.client.traffic import TrafficCalls
@@ -145,17 +148,24 @@ class Client(EndpointCalls, TrafficCalls):
     def infer(
         self,
         endpoint: str,
-        version: str | None = None,
         data: Any = None,
         *,
+        version: str | None = None,
         gzip: bool = False,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """``POST /serve/<endpoint>[/<version>]`` on the data plane.
+        """``POST /serve/<endpoint>[/<version>]`` on the data plane: ``infer("iris", {"x0": 1})``.
 
-        ``data`` is JSON-encoded unless it is ``bytes`` (sent raw). The answer is decoded JSON
-        when the server says so, else the raw bytes.
+        ``endpoint`` may name the version too (``"iris/1"``), or give it as ``version=``
+        (keyword only, so the body is never taken for a version); neither: the unversioned
+        endpoint, else the highest version serving. ``data`` is JSON-encoded unless it is
+        ``bytes`` (sent raw). The answer is decoded JSON when the server says so, else the raw
+        bytes.
         """
+        if version and "/" in endpoint:
+            raise errors.BadRequest(
+                f"endpoint {endpoint!r} names its version already; drop version={version!r}"
+            )
         send_headers = dict(headers or {})
         if isinstance(data, bytes | bytearray):
             body = bytes(data)

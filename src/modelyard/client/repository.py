@@ -197,7 +197,12 @@ class RepositoryCalls(ApiClient):
         metadata: Mapping[str, Any] | None = None,
         filename: str | None = None,
     ) -> dict[str, Any]:
-        """Register a remote file (http(s)://, s3://, gs://, az://, or a path the server reads)."""
+        """Register a remote file (http(s)://, s3://, gs://, az://) the control plane fetches.
+
+        The control plane refuses (400) paths on its own disk and hosts on non-public networks
+        unless its ``MODELYARD_MODEL_URL_SCHEMES`` / ``MODELYARD_MODEL_URL_PRIVATE_NETWORKS``
+        allow them; upload a local file with :meth:`upload_model` instead.
+        """
         body = {**_model_body(name, project, framework, tags, publish, metadata), "url": url}
         if filename:
             body["filename"] = filename

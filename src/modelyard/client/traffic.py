@@ -14,7 +14,9 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from modelyard.client.endpoints import tensor_dicts
 from modelyard.client.repository import RepositoryCalls
+from modelyard.config import TensorSpec
 
 
 class TrafficCalls(RepositoryCalls):
@@ -81,13 +83,16 @@ class TrafficCalls(RepositoryCalls):
         preprocess: str | os.PathLike[str] | Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
         auxiliary: Mapping[str, Any] | None = None,
+        inputs: Iterable[TensorSpec | Mapping[str, Any]] = (),
+        outputs: Iterable[TensorSpec | Mapping[str, Any]] = (),
         if_revision: int | None = None,
     ) -> dict[str, Any]:
         """Create or replace an auto-deploy rule: matching models become ``<endpoint>/<n>``.
 
         ``name`` is a regular expression over the whole model name; the newest
         ``max_versions`` matching models are served, older ones removed. ``preprocess`` (a
-        ``.py`` file, package folder or artifact reference) is bound to each version deployed.
+        ``.py`` file, package folder or artifact reference), ``options``, ``auxiliary`` and the
+        declared ``inputs``/``outputs`` (as for :meth:`add_endpoint`) go to each version deployed.
         """
         body: dict[str, Any] = {
             "endpoint": endpoint,
@@ -99,6 +104,8 @@ class TrafficCalls(RepositoryCalls):
             "max_versions": max_versions,
             "options": dict(options or {}),
             "auxiliary": dict(auxiliary or {}),
+            "inputs": tensor_dicts(inputs),
+            "outputs": tensor_dicts(outputs),
         }
         ref = self._preprocess_ref(preprocess)
         if ref is not None:
@@ -117,14 +124,18 @@ class TrafficCalls(RepositoryCalls):
         if_revision: int | None = None,
         **changes: Any,
     ) -> dict[str, Any]:
-        """Change some fields of a rule (``preprocess=``, ``max_versions=``, ``tags=``...).
+        """Change some fields of a rule (``preprocess=``, ``max_versions=``, ``tags=``, ``options=``,
+        ``inputs=``...).
 
         New versions use the changed rule; with ``apply_to_existing`` the engine, preprocess,
-        options and auxiliary of the versions already deployed change too.
+        options, auxiliary, inputs and outputs of the versions already deployed change too.
         """
         body = dict(changes)
         if "preprocess" in body and body["preprocess"] is not None:
             body["preprocess"] = self._preprocess_ref(body["preprocess"])
+        for field in ("inputs", "outputs"):
+            if body.get(field) is not None:
+                body[field] = tensor_dicts(body[field])
         body["apply_to_existing"] = apply_to_existing
         answer, _ = self._api_response(
             "PATCH", f"/services/{service}/auto-deploy/{endpoint}", json=body, if_revision=if_revision

@@ -6,7 +6,10 @@ a second) or with 304 after the wait. Each new configuration is written to
 ``<cache>/service-<name>.json`` before it is applied, so a replica that
 restarts while the control plane is down still serves what it served before.
 Connection failures are retried with a short back-off; they never stop
-serving.
+serving. They are logged with a back-off of their own: the first at once (after a moment for a
+replica still starting, whose control plane may be starting too), then after 10 s, 20 s, 40 s...
+up to every 5 minutes, each line saying for how long and how many attempts, and one line when
+the control plane answers again; a control plane down for an hour is a dozen lines, not 3,600.
 
 A replica given ``Settings.endpoints`` applies only those endpoint versions (see
 :mod:`modelyard.serving.selection`); the copy on disk is the whole configuration.
@@ -23,6 +26,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,6 +39,11 @@ from modelyard.serving.selection import filter_config
 from modelyard.serving.table import EndpointTable
 
 log = logging.getLogger("modelyard.sync")
+
+UNREACHABLE_LOG_FIRST_GAP_S = 10.0
+"""After the first "control plane unreachable" line, the next comes this much later..."""
+UNREACHABLE_LOG_MAX_GAP_S = 300.0
+"""...and each gap doubles, up to this."""
 
 
 def replica_id() -> str:
@@ -69,6 +78,12 @@ class ConfigSync:
         self.synced = asyncio.Event()
         """Set once a configuration (fresh or last-known) has been applied."""
         self.connected = False
+        self._down_since: float | None = None
+        """When the current outage began (monotonic), None while the control plane answers."""
+        self._down_attempts = 0
+        self._down_logged = False
+        self._next_down_log = 0.0
+        self._down_log_gap = UNREACHABLE_LOG_FIRST_GAP_S
         self._task: asyncio.Task[None] | None = None
         self._report_task: asyncio.Task[None] | None = None
         self._report_wanted = asyncio.Event()
@@ -154,7 +169,7 @@ class ConfigSync:
             try:
                 config = await self.poll_once(self.wait_s)
                 if not self.connected:
-                    log.info("connected to the control plane for service %s", self.service)
+                    self._note_reachable()
                 self.connected = True
                 backoff = 0.05
                 if config is not None and config.revision != self.table.revision:
@@ -168,15 +183,51 @@ class ConfigSync:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.connected or backoff >= self.retry_s:
-                    log.warning(
-                        "control plane unreachable (%s); serving revision %d",
-                        exc,
-                        self.table.revision,
-                    )
+                self._note_unreachable(exc)
                 self.connected = False
                 await asyncio.sleep(backoff)
                 backoff = min(self.retry_s, backoff * 2)
+
+    def _note_unreachable(self, exc: Exception) -> None:
+        """Count a failed poll; log it only when the log back-off says so (module docstring)."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            self._down_attempts = 0
+            self._down_log_gap = UNREACHABLE_LOG_FIRST_GAP_S
+            # a serving replica says so at once; a starting one gives the control plane a moment
+            self._next_down_log = now if self.connected else now + self.retry_s
+        self._down_attempts += 1
+        if now < self._next_down_log:
+            return
+        since = ""
+        if self._down_logged:
+            since = f", for {now - self._down_since:.0f} s ({self._down_attempts} attempts)"
+        log.warning(
+            "control plane unreachable (%s); serving revision %d%s; retrying every %g s, "
+            "next report in %.0f s",
+            exc,
+            self.table.revision,
+            since,
+            self.retry_s,
+            self._down_log_gap,
+        )
+        self._down_logged = True
+        self._next_down_log = now + self._down_log_gap
+        self._down_log_gap = min(self._down_log_gap * 2, UNREACHABLE_LOG_MAX_GAP_S)
+
+    def _note_reachable(self) -> None:
+        if self._down_logged and self._down_since is not None:
+            log.info(
+                "control plane reachable again for service %s after %.0f s (%d failed attempts)",
+                self.service,
+                time.monotonic() - self._down_since,
+                self._down_attempts,
+            )
+        else:
+            log.info("connected to the control plane for service %s", self.service)
+        self._down_since = None
+        self._down_logged = False
 
     async def _report_loop(self) -> None:
         """Tell the control plane what this replica serves: on every change, and every 10 s."""
@@ -213,7 +264,10 @@ class ConfigSync:
         if status == 401:
             hint = "no token was sent: set MODELYARD_TOKEN (or --token); artifact downloads need it too"
         elif status == 403:
-            hint = "the token is not valid there: check MODELYARD_TOKEN; artifact downloads need it too"
+            hint = (
+                "the token is not valid there, or it is a reader token (reports need a replica token: "
+                "modelyard token create NAME --role replica): check MODELYARD_TOKEN"
+            )
         else:
             hint = "reports are retried"
         log.warning(
