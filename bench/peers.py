@@ -1,21 +1,24 @@
-"""modelyard against its peers: the same two models, the same load, one table (issue 8).
+"""modelyard against its peers on equal footing: the same models, requests, load, one table (issues 8, 14).
 
 Serves an iris LogisticRegression and a 50-tree RandomForest on 20 features (trained here, fixed
-seed, saved with joblib) in every system, each in its own native request format, single-row JSON:
+seed, saved with joblib) in every system, one row per request:
 
-- modelyard (``modelyard serve --workers 1|2``; RF also with dynamic batching when this modelyard
-  has it), and a bare ASGI baseline on uvicorn (``bench/peers/baseline_app.py``: the Python ceiling);
-- peers, each in its own virtualenv under ``--cache`` (installed on first use): MLServer +
-  mlserver-sklearn, BentoML, Ray Serve, NVIDIA Triton via PyTriton, TorchServe.
+- modelyard (``modelyard serve --workers 1|2``) on ``/v2`` with the peers' V2 JSON body (and on
+  ``/serve`` with ``{"x": [...]}`` through Preprocess hooks, a second row); RF also with dynamic
+  batching; and a bare ASGI baseline on uvicorn taking the same V2 body (the Python ceiling);
+- peers, pinned, each in its own virtualenv under ``--cache`` (installed on first use), each in its
+  best reasonable configuration (batching on, request logging off): PyTriton (1 and 2 model
+  instances), MLServer + mlserver-sklearn (adaptive batching on RF), TorchServe, BentoML, Ray Serve.
 
 Each server is started on free 127.0.0.1 ports, checked to answer the right class, then driven by
 ``wrk`` (or ``hey``) in a second process at each concurrency: a warm-up, then a fixed-time run, while
-the server's process tree's CPU time is sampled before and after. Systems run one after another
-within a round and rounds repeat (A B A B), so drift on the machine falls on every system.
+the server's process tree's CPU time is sampled before and after (and, for modelyard with several
+workers, the connections and requests each worker took). Rounds repeat (A B A B), every system
+started afresh each round, so drift falls on every system and each round is a new start.
 
-    .venv/bin/python bench/peers.py                      # everything, ~30-40 min on 2 cores
-    .venv/bin/python bench/peers.py --quick              # CI smoke, < 2 min, installs nothing
-    .venv/bin/python bench/peers.py --systems modelyard,baseline,pytriton --duration 10 --rounds 3
+    .venv/bin/python bench/peers.py                      # everything, 5 rounds, c=16 (~55 min, 2 cores)
+    .venv/bin/python bench/peers.py --quick              # CI smoke, < 3 min, installs nothing
+    .venv/bin/python bench/peers.py --configs modelyard/w2,pytriton/instances=1 --rounds 3
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 # the helper modules live in bench/peers/; bench/ itself stays off the path so no script there
@@ -41,9 +46,11 @@ sys.path.insert(0, str(HERE / "peers"))
 
 import _install  # noqa: E402
 import _load  # noqa: E402
+import _report  # noqa: E402
 import _systems  # noqa: E402
+import _workers  # noqa: E402
 
-MODELS = ("iris", "rf")
+MODELS = _report.MODELS
 QUICK_PEER_ORDER = ("pytriton", "mlserver", "torchserve", "bentoml", "ray")
 
 
@@ -66,6 +73,10 @@ class Row:
     client_cpu_s: float
     cpu_ms_per_request: float
     error_detail: dict
+    per_worker: list[int] | None = None
+    """Requests each worker answered in this run, largest first (modelyard with several workers)."""
+    connections_per_worker: list[int] | None = None
+    """Client connections each worker held halfway through the run, largest first (same rows)."""
 
 
 def log(message: str) -> None:
@@ -94,6 +105,31 @@ def ceiling(models_dir: Path, samples: dict, seconds: float) -> dict[str, dict[s
     return out
 
 
+def versions(cache: Path, systems: list[str], tool: str) -> dict[str, str]:
+    """What was measured, by version: modelyard (and its git commit), the baseline's uvicorn, each
+    peer as installed in its venv, the load generator."""
+    import uvicorn
+
+    import modelyard
+
+    out = {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "src"], capture_output=True, text=True, cwd=HERE.parent
+    )
+    sha = commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    out["modelyard"] = f"{modelyard.__version__} ({sha or 'no git'})"
+    out["baseline"] = f"uvicorn {uvicorn.__version__}"
+    for system in dict.fromkeys(systems):
+        if system in _systems.PEERS:
+            out[system] = _install.version(cache, system) or "?"
+    if tool and tool != "python":
+        probe = subprocess.run([tool, "-v"], capture_output=True, text=True)
+        first = (probe.stdout or probe.stderr).strip().splitlines()[:1]  # "wrk debian/4.1.0-3 [epoll] ..."
+        out["load"] = " ".join(first[0].split()[:2]) if first else Path(tool).name
+    return out
+
+
 def pick_variants(args: argparse.Namespace) -> list[_systems.Variant]:
     if args.systems:
         systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -106,9 +142,24 @@ def pick_variants(args: argparse.Namespace) -> list[_systems.Variant]:
     else:
         systems = list(_systems.SYSTEMS)
     variants = [v for v in _systems.VARIANTS if v.system in systems]
+    if args.configs:
+        wanted = {c.strip() for c in args.configs.split(",") if c.strip()}
+        unknown = wanted - {v.key for v in _systems.VARIANTS}
+        if unknown:
+            sys.exit(
+                f"unknown config(s) {', '.join(sorted(unknown))}; known: "
+                + ", ".join(v.key for v in _systems.VARIANTS)
+            )
+        variants = [v for v in variants if v.key in wanted]
+    else:
+        variants = [v for v in variants if v.default]
     if args.quick:  # one configuration per system: the first listed
         variants = [v for i, v in enumerate(variants) if v.system not in {w.system for w in variants[:i]}]
     return variants
+
+
+def _hold_count(into: dict[int, int], workers: set[int], port: int) -> None:
+    into.update(_workers.connections_by_pid(workers, port))
 
 
 def measure_server(server: _systems.Server, rnd: int, tool: str, args: argparse.Namespace) -> list[Row]:
@@ -120,11 +171,28 @@ def measure_server(server: _systems.Server, rnd: int, tool: str, args: argparse.
         for conns in args.concurrency:
             if args.warmup > 0:
                 _load.run_load(tool, target.url, target.body, conns, args.warmup)
+            served_before = None
+            if server.per_worker is not None:
+                time.sleep(_workers.FLUSH_S)  # the warm-up's counts flushed before the reading
+                served_before = server.per_worker()
+            held: dict[int, int] = {}
+            halfway = None
+            if served_before is not None:  # who holds the keep-alive connections, mid-run
+                port = urlsplit(target.url).port or 80
+                workers = _load.tree_pids(server.proc.pid) - {server.proc.pid}
+                halfway = threading.Timer(args.duration / 2, _hold_count, (held, workers, port))
+                halfway.start()
             before = server.cpu()
             r = _load.run_load(tool, target.url, target.body, conns, args.duration)
             r.server_cpu_s = _load.cpu_delta(before, server.cpu())
+            if halfway is not None:
+                halfway.join()
             if server.proc.poll() is not None:
                 raise RuntimeError(f"died under load: {server.log_tail()}")
+            per_worker = None
+            if served_before is not None and server.per_worker is not None:
+                time.sleep(_workers.FLUSH_S)
+                per_worker = _workers.spread(served_before, server.per_worker())
             rows.append(
                 Row(
                     round=rnd,
@@ -142,17 +210,22 @@ def measure_server(server: _systems.Server, rnd: int, tool: str, args: argparse.
                     client_cpu_s=r.client_cpu_s,
                     cpu_ms_per_request=r.cpu_ms_per_request,
                     error_detail=r.error_detail,
+                    per_worker=per_worker,
+                    connections_per_worker=sorted(held.values(), reverse=True) if held else None,
                 )
             )
             log(
-                f"  {target.name:34} {target.model:4} c={conns:<3} {r.rps:8.0f} req/s  "
+                f"  {target.name:42} {target.model:4} c={conns:<3} {r.rps:8.0f} req/s  "
                 f"p50 {r.p50_ms:6.2f}  p99 {r.p99_ms:6.2f} ms  errors {r.errors}"
+                + (f"  per worker: requests {per_worker}" if per_worker is not None else "")
+                + (f", connections {sorted(held.values(), reverse=True)}" if held else "")
             )
     return rows
 
 
 def measure(args: argparse.Namespace) -> dict:
     variants = pick_variants(args)
+    machine = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}
     work = Path(tempfile.mkdtemp(prefix="modelyard-peers-"))
     failures: dict[str, str] = {}
     rows: list[Row] = []
@@ -221,6 +294,8 @@ def measure(args: argparse.Namespace) -> dict:
             shutil.rmtree(work, ignore_errors=True)
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "versions": versions(args.cache, [v.system for v in variants], tool),
+        "machine": {**machine, "loadavg_end": os.getloadavg()[0]},
         "settings": {
             "duration_s": args.duration,
             "warmup_s": args.warmup,
@@ -237,114 +312,6 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
-# -- the table ------------------------------------------------------------------------------------
-
-
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Rounds of one target folded: median rps/p50/p99/CPU, min-max rps, summed errors."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["connections"], r["system"], r["config"]), []).append(r)
-    out = []
-    for (model, conns, system, config), rs in groups.items():
-        rps = [r["rps"] for r in rs]
-        out.append(
-            {
-                "model": model,
-                "connections": conns,
-                "system": system,
-                "config": config,
-                "rps": statistics.median(rps),
-                "rps_min": min(rps),
-                "rps_max": max(rps),
-                "rounds": len(rs),
-                "p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                "p99_ms": statistics.median(r["p99_ms"] for r in rs),
-                "errors": sum(r["errors"] for r in rs),
-                "cpu_ms": statistics.median(r["cpu_ms_per_request"] for r in rs),
-            }
-        )
-    order = {s: i for i, s in enumerate(_systems.SYSTEMS)}
-    out.sort(
-        key=lambda a: (MODELS.index(a["model"]), a["connections"], order.get(a["system"], 99), -a["rps"])
-    )
-    return out
-
-
-def best(agg: list[dict], model: str, conns: int, system: str) -> dict | None:
-    mine = [a for a in agg if a["model"] == model and a["connections"] == conns and a["system"] == system]
-    return max(mine, key=lambda a: a["rps"]) if mine else None
-
-
-def render(result: dict) -> str:
-    agg = aggregate(result["rows"])
-    s = result["settings"]
-    lines = [
-        f"modelyard vs peers  {result['date']}  load={Path(s['load']).name} duration={s['duration_s']}s "
-        f"warmup={s['warmup_s']}s rounds={s['rounds']}",
-        "modelyard RF dynamic batching: "
-        + (
-            f"max_batch_size={s['modelyard_batching']['max_batch_size']}, max_batch_delay_ms="
-            f"{s['modelyard_batching']['max_batch_delay_ms']} (rows 'w1+batch(...)')"
-            if s["modelyard_batching"]
-            else "not used (this modelyard does not read max_batch_size)"
-        ),
-        "",
-        f"{'model':5} {'conns':>5} {'system':10} {'config':24} {'req/s':>8} {'min-max':>13} {'p50ms':>7} "
-        f"{'p99ms':>7} {'errors':>6} {'cpu_ms/req':>10} {'my/this':>7}",
-    ]
-    for a in agg:
-        my = best(agg, a["model"], a["connections"], "modelyard")
-        ratio = f"{my['rps'] / a['rps']:.2f}x" if my and a["rps"] and a["system"] != "modelyard" else "-"
-        spread = f"{a['rps_min']:.0f}-{a['rps_max']:.0f}" if a["rounds"] > 1 else "-"
-        lines.append(
-            f"{a['model']:5} {a['connections']:>5} {a['system']:10} {a['config']:24} {a['rps']:8.0f} "
-            f"{spread:>13} {a['p50_ms']:7.2f} {a['p99_ms']:7.2f} {a['errors']:>6} {a['cpu_ms']:10.3f} "
-            f"{ratio:>7}"
-        )
-    lines += ["", "modelyard's best config against each system's best config (same model, connections):"]
-    for model in MODELS:
-        c = result["ceiling"].get(model, {})
-        for conns in sorted({a["connections"] for a in agg if a["model"] == model}):
-            my = best(agg, model, conns, "modelyard")
-            if not my:
-                continue
-            parts = []
-            for system in _systems.SYSTEMS[1:]:
-                other = best(agg, model, conns, system)
-                if other and other["rps"]:
-                    parts.append(f"{my['rps'] / other['rps']:.2f}x {system} ({other['config']})")
-            lines.append(
-                f"  {model:4} c={conns:<3} modelyard {my['config']} {my['rps']:.0f} req/s: "
-                + (", ".join(parts) or "no other system measured")
-            )
-            # against the ceiling and the baseline: the same work per request (one row per predict)
-            plain = best([a for a in agg if "batch" not in a["config"]], model, conns, "modelyard")
-            base = best(agg, model, conns, "baseline")
-            frac = []
-            if plain and c.get("rows1_per_s"):
-                frac.append(
-                    f"unbatched {plain['config']} {plain['rps']:.0f} req/s = "
-                    f"{plain['rps'] / c['rows1_per_s']:.0%} of the in-process 1-row loop"
-                )
-                if base and base["rps"]:
-                    frac.append(f"{plain['rps'] / base['rps']:.0%} of the baseline ({base['config']})")
-            if "batch" in my["config"] and c.get("rows64_per_s"):
-                frac.append(f"batched = {my['rps'] / c['rows64_per_s']:.0%} of the in-process 64-row rate")
-            if frac:
-                lines.append(f"  {'':4} {'':5} " + "; ".join(frac))
-    lines += ["", "in-process predict loop (the ceiling, this interpreter, one core):"]
-    for model, c in result["ceiling"].items():
-        lines.append(
-            f"  {model:4} 1 row/call {c['rows1_per_s']:8.0f} calls/s ({1e6 / c['rows1_per_s']:.0f} us); "
-            f"64 rows/call {c['rows64_per_s']:8.0f} rows/s"
-        )
-    if result["failures"]:
-        lines += ["", "not measured:"]
-        lines += [f"  {k}: {v}" for k, v in result["failures"].items()]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -353,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--systems", help=f"comma-separated, from: {','.join(_systems.SYSTEMS)} (default all)"
+    )
+    parser.add_argument(
+        "--configs",
+        help="only these, comma-separated system/config (e.g. modelyard/w2,pytriton/instances=1)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="CI smoke: one config per system, 3 s runs, 1 round, no installs"
@@ -368,9 +339,15 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, help="seconds of warm-up before each run (default 3; quick 1)"
     )
     parser.add_argument(
-        "--rounds", type=int, help="times every system is measured, interleaved (default 2; quick 1)"
+        "--rounds",
+        type=int,
+        help="times every system is started and measured, interleaved (default 5; quick 1)",
     )
-    parser.add_argument("--concurrency", default="16,64", help="connections, comma-separated (default 16,64)")
+    parser.add_argument(
+        "--concurrency",
+        default="16",
+        help="connections, comma-separated (default 16; 16,64 doubles the time)",
+    )
     parser.add_argument("--models", default="iris,rf", help="iris,rf (default both)")
     parser.add_argument(
         "--load",
@@ -396,13 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
-    args.rounds = args.rounds or 1 if args.quick else args.rounds or 2
+    args.rounds = args.rounds or 1 if args.quick else args.rounds or 5
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.models = [m for m in args.models.split(",") if m]
     args.cache = args.cache.expanduser()
 
     if args.table:
-        print(render(json.loads(args.table.read_text())))
+        print(_report.render(json.loads(args.table.read_text())))
         return 0
     # a SIGTERM (CI timeout, kill) unwinds like Ctrl-C, so every started server is stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -410,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or args.cache / "results" / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(render(result), flush=True)
+    print(_report.render(result), flush=True)
     print(f"\nall measurements: {out}")
     return 0
 

@@ -10,7 +10,9 @@ Starts a real `modelyard serve --workers N` (SQLite, a temporary home) and makes
   prefix-mode canary's traffic (the newest version gets weight 1).
 
 After each call returns, requests go out every 5 ms on new connections (so every worker process
-answers); each answer names the version (``X-Modelyard-Endpoint``), its code's tag and the
+answers); for ``publish`` the clock starts when the publish call is made (the upload and the
+auto-deploy it triggers are part of what a publisher waits for), for the others when the call
+returns; each answer names the version (``X-Modelyard-Endpoint``), its code's tag and the
 worker's pid. Reported per kind and overall: time to the first answer from the new version, and
 time until every worker has answered from it (median and max). A worker that answers from the
 old version after it already answered from the new one counts as a regression (expected: 0).
@@ -75,10 +77,13 @@ def workers_of(url: str, path: str, count: int) -> set[int]:
 
 
 def measure(
-    url: str, path: str, pids: set[int], is_new: Callable[[str, str], bool]
+    url: str, path: str, pids: set[int], is_new: Callable[[str, str], bool], started: float | None = None
 ) -> tuple[float, float, int]:
-    """Seconds to the first new answer, to every worker answering new; regressions seen."""
-    started = time.monotonic()
+    """Seconds to the first new answer, to every worker answering new; regressions seen.
+
+    The clock starts at ``started`` (a ``time.monotonic()`` taken when the change's call was
+    made), else now, right after the call returned."""
+    started = time.monotonic() if started is None else started
     first: float | None = None
     switched: dict[int, float] = {}
     regressions = 0
@@ -191,12 +196,13 @@ def main() -> None:
                 model_path = tmp / f"auto-{index}.pkl"
                 joblib.dump(LogisticRegression().fit(x, (x[:, 0] > 0).astype(int)), model_path)
                 before = {d["key"] for d in client.get_auto_deploy(SVC, "auto")["deployed"]}
+                published = time.monotonic()  # the clock starts at the publish call (issue 14)
                 client.upload_model(
                     model_path, name="auto", project="bench", framework="sklearn", publish=True
                 )
                 after = {d["key"] for d in client.get_auto_deploy(SVC, "auto")["deployed"]}
                 (key,) = after - before
-                result = measure(url, "/serve/newest", pids, version_is(key))
+                result = measure(url, "/serve/newest", pids, version_is(key), started=published)
             rows.setdefault(kind, []).append(result)
             rows.setdefault("all", []).append(result)
             print(f"change {index + 1:2d} {kind:8s} first {result[0] * 1000:7.1f} ms  "

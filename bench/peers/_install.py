@@ -19,14 +19,23 @@ SKLEARN = "scikit-learn"
 """Pinned at run time to the repo venv's version, so every system unpickles the same model."""
 
 REQUIREMENTS: dict[str, list[str]] = {
+    # every peer pinned (issue 14): a table is only comparable with the versions it names
     # MLServer 1.7 workers fail on uvloop >= 0.22 (issue 8)
-    "mlserver": ["mlserver", "mlserver-sklearn", "uvloop<0.22"],
-    "bentoml": ["bentoml"],
-    "ray": ["ray[serve]"],
-    "pytriton": ["nvidia-pytriton"],
+    "mlserver": ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22"],
+    "bentoml": ["bentoml==1.4.40"],
+    "ray": ["ray[serve]==2.60.0"],
+    "pytriton": ["nvidia-pytriton==0.7.0"],
     # TorchServe workers crash-loop without torch and pyyaml importable (issue 8)
-    "torchserve": ["torchserve", "torch-model-archiver", "torch==2.13.0", "pyyaml"],
+    "torchserve": ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "torch==2.13.0", "pyyaml"],
 }
+VERSIONED = {
+    "mlserver": "mlserver",
+    "bentoml": "bentoml",
+    "ray": "ray",
+    "pytriton": "nvidia-pytriton",
+    "torchserve": "torchserve",
+}
+"""The distribution whose installed version names each peer in the table."""
 CONSTRAINTS = "torch==2.13.0\n"
 
 
@@ -95,6 +104,17 @@ def install(cache: Path, system: str, log=print) -> tuple[bool, str]:
     (folder / "installed.txt").write_text("\n".join(reqs))
     log(f"installed {system} in {time.monotonic() - started:.0f} s")
     return True, ""
+
+
+def version(cache: Path, system: str) -> str | None:
+    """The installed version of the peer's main distribution (``mlserver 1.7.1``), None if absent."""
+    python = venv_python(cache, system)
+    dist = VERSIONED.get(system)
+    if dist is None or not python.exists():
+        return None
+    code = f"import importlib.metadata as m; print(m.version({dist!r}))"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    return out.stdout.strip() or None
 
 
 if __name__ == "__main__":

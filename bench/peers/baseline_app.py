@@ -4,6 +4,10 @@ No framework, no validation beyond what a crash would need, no metrics, no loggi
 httptools) calls this coroutine, which parses with orjson, runs the same ``predict`` modelyard runs,
 and answers. Whatever modelyard adds on top of this is its per-request cost.
 
+Two routes: ``POST /predict/<model> {"x": [...]}`` -> ``{"y": [...]}``, and the peers' V2 body on
+``POST /v2/models/<model>/infer`` (the one FP64 input's ``data`` reshaped to its ``shape``; one
+INT64 output), so the baseline can be measured on the same request as everyone else.
+
     MODELS_DIR=... python baseline_app.py PORT WORKERS
 """
 
@@ -15,8 +19,17 @@ import numpy as np
 import orjson
 import uvicorn
 
-MODELS = {f"/predict/{m}": joblib.load(f"{os.environ['MODELS_DIR']}/{m}.joblib") for m in ("iris", "rf")}
+LOADED = {m: joblib.load(f"{os.environ['MODELS_DIR']}/{m}.joblib") for m in ("iris", "rf")}
+MODELS = {f"/predict/{m}": model for m, model in LOADED.items()}
+V2 = {f"/v2/models/{m}/infer": model for m, model in LOADED.items()}
 HEADERS = [(b"content-type", b"application/json")]
+
+
+def v2(model, body: bytes) -> bytes:
+    tensor = orjson.loads(body)["inputs"][0]
+    y = model.predict(np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"]))
+    out = {"name": "y", "shape": list(y.shape), "datatype": "INT64", "data": y.tolist()}
+    return orjson.dumps({"model_name": "m", "outputs": [out]})
 
 
 async def app(scope, receive, send):
@@ -28,6 +41,10 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
+    if scope["path"] in V2:
+        answer = v2(V2[scope["path"]], body)
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        return await send({"type": "http.response.body", "body": answer})
     model = MODELS.get(scope["path"])
     if model is None:
         await send({"type": "http.response.start", "status": 404, "headers": HEADERS})
