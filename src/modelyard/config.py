@@ -94,7 +94,8 @@ class EndpointConfig(_Frozen):
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
-    """Engine and batching options (``max_batch_size``, ``max_batch_delay_ms``, ``device``...)."""
+    """Engine, batching and serving options (``max_batch_size``, ``max_batch_delay_ms``,
+    ``max_queue``, ``timeout_s`` (the request deadline), ``threads``, ``device``...)."""
     auxiliary: dict[str, Any] = Field(default_factory=dict)
     """Free-form settings handed to user code as ``self.auxiliary_cfg``."""
 

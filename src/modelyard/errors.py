@@ -15,6 +15,9 @@ class ModelyardError(Exception):
     """Base of every error modelyard raises on purpose."""
 
     kind = "error"
+    endpoint: str | None = None
+    """The endpoint version that failed (``iris/2``), once a request was routed to one: error
+    answers name it (``X-Modelyard-Endpoint``), so a failing canary target can be found."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -96,6 +99,12 @@ class Overloaded(Unavailable):
     """A bounded queue is full; the client should retry after ``retry_after`` seconds."""
 
     kind = "overloaded"
+
+
+class DeadlineExceeded(ModelyardError):
+    """A request ran past its deadline (the endpoint's ``timeout_s``); its answer is abandoned."""
+
+    kind = "deadline_exceeded"
 
 
 class ModelLoadError(ModelyardError):

@@ -31,6 +31,7 @@ CODE_BY_KIND: dict[type[errors.ModelyardError], grpc.StatusCode] = {
     errors.ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UserCodeError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -44,10 +45,13 @@ def code_for(exc: errors.ModelyardError) -> grpc.StatusCode:
 
 
 def error_metadata(exc: errors.ModelyardError) -> tuple[tuple[str, str], ...]:
-    """Trailing metadata: the error's ``modelyard-kind`` (the HTTP body's ``kind``) and
-    ``retry-after`` (seconds) for overload and unavailability with a known wait."""
+    """Trailing metadata: the error's ``modelyard-kind`` (the HTTP body's ``kind``),
+    ``retry-after`` (seconds) for overload and unavailability with a known wait, and
+    ``modelyard-endpoint``, the version that failed, once one was routed to."""
     metadata = [("modelyard-kind", exc.kind)]
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         metadata.append(("retry-after", str(max(1, round(retry_after)))))
+    if exc.endpoint is not None:
+        metadata.append(("modelyard-endpoint", exc.endpoint))
     return tuple(metadata)

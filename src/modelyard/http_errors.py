@@ -21,6 +21,7 @@ STATUS_BY_KIND: dict[type[errors.ModelyardError], int] = {
     errors.ModelLoadError: 422,
     errors.UserCodeError: 422,
     errors.Unavailable: 503,
+    errors.DeadlineExceeded: 504,
 }
 
 
@@ -34,12 +35,19 @@ def status_for(exc: errors.ModelyardError) -> int:
 
 
 def error_body(exc: errors.ModelyardError) -> dict[str, str]:
+    """``{"error", "kind"}``, plus ``endpoint``: the version that failed, once one was routed to."""
+    if exc.endpoint is not None:
+        return {"error": exc.message, "kind": exc.kind, "endpoint": exc.endpoint}
     return {"error": exc.message, "kind": exc.kind}
 
 
 def error_headers(exc: errors.ModelyardError) -> dict[str, str]:
-    """Extra headers: ``Retry-After`` for overload and unavailability with a known wait."""
+    """Extra headers: ``Retry-After`` for overload and unavailability with a known wait;
+    ``X-Modelyard-Endpoint`` naming the version that failed, as on a success."""
+    headers = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
-        return {"retry-after": str(max(1, round(retry_after)))}
-    return {}
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    if exc.endpoint is not None:
+        headers["x-modelyard-endpoint"] = exc.endpoint
+    return headers

@@ -1,4 +1,4 @@
-"""One batching executor behind a multi-worker front, as real processes (README: one executor per GPU).
+"""One batching executor behind a multi-worker front, as processes (docs/data-plane.md: one executor per GPU).
 
 ``modelyard serve --workers 2`` is the front; ``modelyard inference --service executor --workers 1``
 holds the model with batching on; the front's ``triton`` endpoint forwards to it. Every answer

@@ -160,6 +160,7 @@ class InferenceApp:
                 snapshot["control_plane_connected"] = self.runtime.sync.connected
                 snapshot["endpoint_filter"] = self.runtime.sync.endpoint_filter  # empty: all
                 snapshot["canaries"] = self.dataplane.router.snapshot()
+                snapshot["admission"] = self.dataplane.admission.snapshot()  # this worker's
                 loaded_now = self.dataplane.table.ready
                 for entry in snapshot["endpoints"]:
                     loaded = loaded_now.get(entry["key"])
@@ -175,8 +176,9 @@ class InferenceApp:
             raise NotFound(f"no endpoint at /serve/{rest}: use /serve/<endpoint>[/<version>]")
         length, encoding, content_type = body_headers(scope)
         try:
-            # refuse early when the declared length is already over the limit
-            if length and not encoding and length.isdigit() and int(length) > self.max_body:
+            # refuse early when the declared length is already over the limit (ASCII digits: bytes;
+            # 19 of them are over any limit, and int() refuses thousands)
+            if length and not encoding and length.isdigit() and int(length[:19]) > self.max_body:
                 raise PayloadTooLarge(f"request body is larger than the limit of {self.max_body} bytes")
             first = await receive()
             if not encoding and first["type"] == "http.request" and not first.get("more_body", False):

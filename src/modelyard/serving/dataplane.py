@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +24,13 @@ from modelyard.errors import ModelLoadError, ModelyardError
 from modelyard.http_errors import status_for
 from modelyard.metrics import EndpointInstruments, Metrics
 from modelyard.metrics_custom import rule_for
+from modelyard.metrics_labels import UNKNOWN_ENDPOINT, request_labels
 from modelyard.preprocess import UserCode
 from modelyard.serving.batching import BatchObserver
 from modelyard.serving.codec import encode_json
 from modelyard.serving.endpoint import LoadedEndpoint
 from modelyard.serving.fetch import ArtifactCache
+from modelyard.serving.inflight import Admission
 from modelyard.serving.inline import RunInPool
 from modelyard.serving.routing import Headers, Router
 from modelyard.serving.table import EndpointTable
@@ -71,10 +75,19 @@ class DataPlane:
         metrics: Metrics | None = None,
         shadow_executor: Executor | None = None,
         inline_max_s: float = 0.0,
+        request_timeout_s: float = 0.0,
+        retire_wait_s: float = 60.0,
+        max_inflight: int = 0,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self.inline_max_s = inline_max_s
         """Default limit under which an endpoint's sync chain may run on the event loop."""
+        self.request_timeout_s = request_timeout_s
+        """Default deadline of a request (endpoint option ``timeout_s``); 0: none."""
+        self.retire_wait_s = retire_wait_s
+        """How long a retired version waits for its requests before cancelling them."""
+        self.admission = Admission(max_inflight)
+        """This worker's limit on requests in flight (``Settings.max_inflight``; 0: none)."""
         self._rules: list[MetricRule] = []
         self._rules_config: ServiceConfig | None = None
         self._rules_generation = 0
@@ -116,6 +129,15 @@ class DataPlane:
             self.count_rejected(endpoint, version, exc)
             raise
         inst = self.instruments(loaded)
+        # a caller's request; a pipeline's inner call or a shadow copy is not refused half-way
+        admission = self.admission if not nested and executor is None else None
+        if admission is not None:
+            try:
+                admission.enter()
+            except ModelyardError as exc:
+                inst.count(status_for(exc))
+                exc.endpoint = loaded.key
+                raise
         custom = inst.custom
         sampled = custom is not None and custom.sampled()
         state = {} if state is None else state
@@ -130,6 +152,7 @@ class DataPlane:
             )
         except ModelyardError as exc:
             inst.count(status_for(exc))
+            exc.endpoint = loaded.key  # the error answer names the version that failed
             raise
         except asyncio.CancelledError:
             inst.count(499)  # the client went away
@@ -138,6 +161,8 @@ class DataPlane:
             inst.count(500)
             raise
         finally:
+            if admission is not None:
+                admission.leave()
             inst.inflight.dec()
             inst.duration.observe(time.perf_counter() - started)
         inst.ok.inc()
@@ -153,13 +178,25 @@ class DataPlane:
     def count_rejected(self, endpoint: str, version: str | None, exc: ModelyardError) -> None:
         """Count a request refused before it reached an endpoint version (404, 503, 400, 413).
 
-        Labelled with the endpoint only when the service declares it, so random paths cannot
-        grow the number of series.
+        Labelled only with what the service has (:func:`~modelyard.metrics_labels.request_labels`),
+        anything else under ``endpoint="_unknown"``, so random paths cannot grow the series.
         """
-        declared = endpoint in self.table.versions
-        self.metrics.count_unrouted(
-            endpoint if declared else "", (version or "") if declared else "", status_for(exc)
-        )
+        labels = request_labels(endpoint, version, self.table.versions, self.router.plans())
+        self.metrics.count_unrouted(*labels, status_for(exc))
+
+    @contextmanager
+    def rejections(self, endpoint: str, version: str | None) -> Iterator[None]:
+        """Count a :class:`ModelyardError` raised inside as a rejected request (the OIP fronts'
+        checks before :meth:`infer`: resolving the model, reading and decoding the body)."""
+        try:
+            yield
+        except ModelyardError as exc:
+            self.count_rejected(endpoint, version, exc)
+            raise
+
+    def label_keys(self) -> set[str]:
+        """Every endpoint key a request can be labelled with now (statistics pushes keep these)."""
+        return {*self.table.status, *self.table.versions, *self.router.plans(), UNKNOWN_ENDPOINT}
 
     def instruments(self, loaded: LoadedEndpoint) -> EndpointInstruments:
         """The endpoint version's metric children, bound once (rebound when metric rules change)."""
@@ -232,6 +269,13 @@ class DataPlane:
         return orjson.loads(encode_json(result.value))
 
     # -- loading ---------------------------------------------------------------------------------
+    def _user_error_logged(self) -> None:
+        """A user-code error was logged (as rate-limited as the log; any thread): report the
+        replica's status soon, so ``modelyard endpoint show`` sees the error."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.table.on_change)
+
     async def load_endpoint(self, config: EndpointConfig) -> LoadedEndpoint:
         started = time.perf_counter()
         try:
@@ -253,7 +297,9 @@ class DataPlane:
                     config,
                     send_request=self.send_request,
                     async_send_request=self.async_send_request,
+                    limits=self.cache.archive_limits,
                 )
+                user.errors.notify = self._user_error_logged
             try:
                 engine = self.registry.create(config, model_path, user)
                 engine.load()
@@ -265,7 +311,14 @@ class DataPlane:
                         log.exception("unloading user code of %s failed", config.key)
                 raise
             return LoadedEndpoint(
-                config, engine, user, self.executor, self.batch_observer, inline_max_s=self.inline_max_s
+                config,
+                engine,
+                user,
+                self.executor,
+                self.batch_observer,
+                inline_max_s=self.inline_max_s,
+                timeout_s=self.request_timeout_s,
+                retire_wait_s=self.retire_wait_s,
             )
 
         loop = asyncio.get_running_loop()
