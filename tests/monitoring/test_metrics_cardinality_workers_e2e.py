@@ -3,9 +3,6 @@ multiprocess files nor the scrape that sums them, nor what each worker pushes as
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,11 +21,8 @@ from modelyard.settings import Settings
 from modelyard.store import Database
 from modelyard.store.tables import ReplicaStatsRow
 from tests.monitoring.test_metrics_cardinality_e2e import endpoint_labels
-from tests.monitoring.tools import samples, value
-from tests.servers import free_port, stop_process_group
+from tests.monitoring.tools import samples, serve_workers, value
 from tests.serving.helpers import PREPROCESS_XY, Api, train_sklearn, wait_for
-
-MODELYARD = str(Path(sys.executable).with_name("modelyard"))
 
 pytestmark = pytest.mark.slow
 
@@ -55,41 +49,13 @@ class Running:
             db.dispose()
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     home = tmp_path_factory.mktemp("home")
     metrics_dir = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "MODELYARD_HOME": str(home),
-        "MODELYARD_URL": url,
-        "MODELYARD_STATS_INTERVAL_S": "0.3",
-        "MODELYARD_METRICS_DIR": str(metrics_dir),
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = open(home / "serve.log", "w+")  # noqa: SIM115 - kept open for the server's lifetime
-    proc = subprocess.Popen(
-        [MODELYARD, "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: _answers(f"{url}/api/health"), timeout=60, interval=0.2)
+    settings = {"MODELYARD_STATS_INTERVAL_S": "0.3", "MODELYARD_METRICS_DIR": str(metrics_dir)}
+    with serve_workers(home, **settings) as (url, _env):
         yield Running(url, home, metrics_dir)
-    finally:
-        stop_process_group(proc, 20)
-        log.close()
 
 
 def test_random_names_do_not_grow_the_shared_metrics(running: Running, tmp_path: Path) -> None:

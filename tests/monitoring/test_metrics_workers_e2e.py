@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +15,9 @@ import httpx
 import pytest
 
 from modelyard.metrics import FLUSH_INTERVAL_S
-from tests.monitoring.tools import samples, value
+from tests.monitoring.tools import MODELYARD, answers, samples, serve_workers, value
 from tests.servers import free_port, stop_process_group
 from tests.serving.helpers import PREPROCESS_XY, Api, train_sklearn, wait_for
-
-MODELYARD = str(Path(sys.executable).with_name("modelyard"))
 
 pytestmark = pytest.mark.slow
 
@@ -43,36 +40,8 @@ class Running:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     home = tmp_path_factory.mktemp("home")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "MODELYARD_HOME": str(home),
-        "MODELYARD_URL": url,
-        "MODELYARD_STATS_INTERVAL_S": "0.5",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = open(home / "serve.log", "w+")  # noqa: SIM115 - kept open for the server's lifetime
-    proc = subprocess.Popen(
-        [MODELYARD, "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: _answers(f"{url}/api/health"), timeout=60, interval=0.2)
+    with serve_workers(home, MODELYARD_STATS_INTERVAL_S="0.5") as (url, env):
         yield Running(url, home, env)
-    finally:
-        stop_process_group(proc, 20)
-        log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_one_scrape_sees_the_sum_over_workers(running: Running, tmp_path: Path) -> None:
@@ -175,7 +144,7 @@ def test_control_plane_with_two_workers_sums_its_api_counts(tmp_path: Path) -> N
         start_new_session=True,
     )
     try:
-        wait_for(lambda: _answers(f"{url}/api/health"), timeout=60, interval=0.2)
+        wait_for(lambda: answers(f"{url}/api/health"), timeout=60, interval=0.2)
         route = {"method": "GET", "route": "/api/services/{name}", "code": "200"}
 
         def scrape() -> dict[str, float]:

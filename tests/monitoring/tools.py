@@ -1,19 +1,27 @@
 """Test setup for the monitoring tests: Debian packages installed when missing, load generators,
-and reading a Prometheus text exposition."""
+reading a Prometheus text exposition, and ``modelyard serve --workers N`` as a real process."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import free_port, stop_process_group
+from tests.serving.helpers import wait_for
+
+MODELYARD = str(Path(sys.executable).with_name("modelyard"))
 
 
 def ensure_debian_package(binary: str, package: str) -> str:
@@ -97,3 +105,38 @@ def value(metrics: dict[str, float], name: str, **labels: str) -> float:
         if key.split("{", 1)[0] == name and all(f'{k}="{val}"' in key for k, val in labels.items()):
             total += v
     return total
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def serve_workers(home: Path, workers: int = 2, **settings: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """``modelyard serve --workers N`` in its own process group on a free port, with
+    ``MODELYARD_HOME=home`` and ``settings`` (``MODELYARD_*`` variables) on top of this environment.
+
+    Yields the URL once ``/api/health`` answers, and the environment (for CLI calls against it);
+    the server's output goes to ``home/serve.log``.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_URL": url, **settings}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with open(home / "serve.log", "w+") as log:
+        proc = subprocess.Popen(
+            [MODELYARD, "serve", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: answers(f"{url}/api/health"), timeout=60, interval=0.2)
+            yield url, env
+        finally:
+            stop_process_group(proc, 20)

@@ -29,6 +29,25 @@ def _preprocess(path: Path | None) -> Path | None:
     return path
 
 
+def _tensors(flags: tuple[list[str] | None, ...], current: dict[str, Any]) -> dict[str, Any]:
+    """The ``inputs``/``outputs`` the ``--input-*``/``--output-*`` flags declare, over ``current``'s.
+
+    Only the groups given a flag are in the result (the others stay as they are).
+    """
+    out = {}
+    for field, what, at in (("inputs", "input", 0), ("outputs", "output", 3)):
+        names, types, sizes = flags[at : at + 3]
+        value = ep_flags.build_tensors(what, names, types, sizes, current.get(field))
+        if value is not None:
+            out[field] = value
+    return out
+
+
+def _echo_deployed(rule: dict[str, Any], head: str, none: str) -> None:
+    deployed = " ".join(d["key"] for d in rule.get("deployed") or []) or none
+    typer.echo(f"{head}: {deployed}")
+
+
 @common.command(app, "add")
 def add(
     endpoint: str = ENDPOINT,
@@ -53,18 +72,16 @@ def add(
 ) -> None:
     """Add (or replace) a rule and deploy the models that match it now."""
     ep_flags.check_engine_flags(engine, model_given=True, code_given=preprocess is not None)
-    inputs = ep_flags.build_tensors("input", input_name, input_type, input_size) or []
-    outputs = ep_flags.build_tensors("output", output_name, output_type, output_size) or []
+    tensors = _tensors((input_name, input_type, input_size, output_name, output_type, output_size), {})
     svc = common.resolve_service(service)
     with common.client() as c:
         rule = c.add_auto_deploy(
             svc, endpoint, engine=engine, name=name, project=project, tags=tags or (),
             published=published, max_versions=max_versions, preprocess=_preprocess(preprocess),
             options=common.parse_pairs(option, "--option"), auxiliary=common.parse_pairs(aux, "--aux"),
-            inputs=inputs, outputs=outputs,
+            inputs=tensors.get("inputs", []), outputs=tensors.get("outputs", []),
         )  # fmt: skip
-    deployed = " ".join(d["key"] for d in rule.get("deployed") or []) or "nothing yet"
-    typer.echo(f"auto-deploy {endpoint!r} in service {svc!r}: {deployed}")
+    _echo_deployed(rule, f"auto-deploy {endpoint!r} in service {svc!r}", "nothing yet")
 
 
 @common.command(app, "update")
@@ -102,25 +119,19 @@ def update(
         "max_versions": max_versions, "preprocess": _preprocess(preprocess),
     }  # fmt: skip
     changes = {k: v for k, v in given.items() if v is not None}
+    tensor_flags = (input_name, input_type, input_size, output_name, output_type, output_size)
     svc = common.resolve_service(service)
     with common.client() as c:
         for attempt in range(1, 9):
             # the rule is read at the service's revision, and written only if nothing moved since
             revision = int(c.get_service(svc)["revision"])
-            tensor_flags = (input_name, input_type, input_size, output_name, output_type, output_size)
             current = c.get_auto_deploy(svc, endpoint) if option or aux or any(tensor_flags) else {}
             merged = dict(changes)
             for field, items, flag in (("options", option, "--option"), ("auxiliary", aux, "--aux")):
                 value = ep_flags.merge_pairs(current.get(field), items, flag)
                 if value is not None:
                     merged[field] = value
-            inputs = ep_flags.build_tensors(
-                "input", input_name, input_type, input_size, current.get("inputs")
-            )
-            outputs = ep_flags.build_tensors(
-                "output", output_name, output_type, output_size, current.get("outputs")
-            )
-            merged.update({k: v for k, v in (("inputs", inputs), ("outputs", outputs)) if v is not None})
+            merged.update(_tensors(tensor_flags, current))
             try:
                 rule = c.update_auto_deploy(
                     svc, endpoint, apply_to_existing=apply_to_existing, if_revision=revision, **merged
@@ -129,8 +140,7 @@ def update(
             except RevisionConflict:
                 if attempt == 8:
                     raise
-    deployed = " ".join(d["key"] for d in rule.get("deployed") or []) or "nothing"
-    typer.echo(f"auto-deploy {endpoint!r} in service {svc!r} updated: {deployed}")
+    _echo_deployed(rule, f"auto-deploy {endpoint!r} in service {svc!r} updated", "nothing")
 
 
 @app.command("list")

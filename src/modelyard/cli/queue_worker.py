@@ -18,9 +18,14 @@ if TYPE_CHECKING:
     from modelyard.settings import Settings
 
 
+def _fallback(*decls: str, help: str, show_default: str) -> Any:
+    """An option left ``None`` when not given: its value then comes from where ``show_default``
+    says (the root flags, the environment, a computed default), which ``--help`` shows."""
+    return typer.Option(None, *decls, help=help, show_default=show_default)
+
+
 def queue_worker(
-    service: str | None = typer.Option(
-        None,
+    service: str | None = _fallback(
         "--service",
         help="The serving service whose endpoints the worker runs.",
         show_default="MODELYARD_SERVICE, else default",
@@ -36,24 +41,18 @@ def queue_worker(
         help="Redis URL.",
         show_default="MODELYARD_REDIS_URL, else redis://127.0.0.1:6379/0",
     ),
-    control_plane: str | None = typer.Option(
-        None,
+    control_plane: str | None = _fallback(
         "--control-plane",
         "--url",
         help="Control plane URL to follow.",
         show_default="the root --url, else MODELYARD_URL",
     ),
-    token: str | None = typer.Option(
-        None,
-        "--token",
-        help="API token.",
-        show_default="the root --token, else MODELYARD_TOKEN, else <home>/token",
+    token: str | None = _fallback(
+        "--token", help="API token.", show_default="the root --token, else MODELYARD_TOKEN, else <home>/token"
     ),
     consumers: int = typer.Option(1, "--consumers", min=1, help="Concurrent consumers in this process."),
     group: str = typer.Option("modelyard", "--group", help="Consumer group name."),
-    consumer: str | None = typer.Option(
-        None, "--consumer", help="Consumer name prefix.", show_default="<host>-<pid>"
-    ),
+    consumer: str | None = _fallback("--consumer", help="Consumer name prefix.", show_default="<host>-<pid>"),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=4096, help="Entries read per batch."),
     block_ms: int = typer.Option(1000, "--block-ms", min=1, help="How long one read waits for entries."),
     claim_idle_ms: int = typer.Option(
@@ -67,21 +66,16 @@ def queue_worker(
         False, "--keep-acked", help="Keep acknowledged entries in the stream (else they are deleted)."
     ),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve /metrics on this port."),
-    home: Path | None = typer.Option(
-        None,
-        "--home",
-        help="State folder (token file, cache).",
-        show_default="MODELYARD_HOME, else ~/.modelyard",
+    home: Path | None = _fallback(
+        "--home", help="State folder (token file, cache).", show_default="MODELYARD_HOME, else ~/.modelyard"
     ),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Artifact cache folder."),
-    log_level: str | None = typer.Option(
-        None,
+    log_level: str | None = _fallback(
         "--log-level",
         help="critical, error, warning, info or debug.",
         show_default="MODELYARD_LOG_LEVEL, else info",
     ),
-    log_format: str | None = typer.Option(
-        None,
+    log_format: str | None = _fallback(
         "--log-format",
         help="text, or json: one JSON object per line.",
         show_default="MODELYARD_LOG_FORMAT, else text",

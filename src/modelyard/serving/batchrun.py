@@ -27,6 +27,51 @@ if TYPE_CHECKING:
     from modelyard.metrics import EndpointInstruments
 
 
+class _Batch:
+    """One batch's bookkeeping, shared by the async and sync paths: each item's data, its
+    result or error, and its pre/postprocess seconds (what :meth:`ManyRuns._batch_stages` records)."""
+
+    def __init__(self, bodies: list[Any]) -> None:
+        self.n = len(bodies)
+        self.results: list[Any] = [None] * self.n
+        self.failed = [False] * self.n
+        self.data: list[Any] = list(bodies)
+        self.pre: list[float | None] = [None] * self.n
+        self.post: list[float | None] = [None] * self.n
+
+    def live(self) -> list[int]:
+        """Positions of the items that have not failed yet."""
+        return [i for i in range(self.n) if not self.failed[i]]
+
+    def stage_sync(
+        self,
+        fn: Callable[..., Any],
+        hook: str,
+        values: list[Any],
+        took: list[float | None],
+        states: list[dict[str, Any]],
+        collects: list[CollectFn],
+        errors: UserErrors | None,
+    ) -> None:
+        """A sync pre/postprocess hook over the live items, in place in ``values``: an item whose
+        hook raises fails alone; ``took`` gets each item's seconds."""
+        for i in self.live():
+            started = perf_counter()
+            try:
+                values[i] = fn(values[i], states[i], collects[i])
+            except Exception as exc:
+                self.results[i], self.failed[i] = _user_outcome(exc, hook, errors), True
+            took[i] = perf_counter() - started
+
+    def take(self, live: list[int], outputs: list[Any], *, into: list[Any]) -> None:
+        """Engine outputs of the ``live`` items: an error fails its item, else it goes to ``into``."""
+        for i, out in zip(live, outputs, strict=True):
+            if isinstance(out, ModelyardError):
+                self.results[i], self.failed[i] = out, True
+            else:
+                into[i] = out
+
+
 class ManyRuns:
     """The batch path of :class:`~modelyard.serving.endpoint.LoadedEndpoint` (its base class)."""
 
@@ -95,12 +140,8 @@ class ManyRuns:
         self, bodies: list[Any], states: list[dict[str, Any]], collects: list[CollectFn]
     ) -> list[Any | ModelyardError]:
         """Async hooks or engine: stages per item concurrently, one stacked engine call."""
-        n = len(bodies)
-        results: list[Any] = [None] * n
-        failed = [False] * n
-        data: list[Any] = list(bodies)
-        pre: list[float | None] = [None] * n
-        post: list[float | None] = [None] * n
+        b = _Batch(bodies)
+        n, results, failed, data = b.n, b.results, b.failed, b.data
 
         async def stage(fn: Callable[..., Any], is_async: bool, name: str, i: int, took: list[Any]) -> None:
             started = perf_counter()
@@ -111,8 +152,10 @@ class ManyRuns:
             took[i] = perf_counter() - started
 
         if self._pre is not None:
-            await asyncio.gather(*(stage(self._pre, self._pre_async, "preprocess", i, pre) for i in range(n)))
-        live = [i for i in range(n) if not failed[i]]
+            await asyncio.gather(
+                *(stage(self._pre, self._pre_async, "preprocess", i, b.pre) for i in range(n))
+            )
+        live = b.live()
         items = [data[i] for i in live]
         outputs: list[Any] = [None] * len(live)
         seconds = [0.0] * len(live)
@@ -149,15 +192,11 @@ class ManyRuns:
                 await asyncio.gather(*(one(j, attempt) for j in group))
 
         await asyncio.gather(*(group_call(g) for g in self._groups(items)))
-        for i, out in zip(live, outputs, strict=True):
-            if isinstance(out, ModelyardError):
-                results[i], failed[i] = out, True
-            else:
-                data[i] = out
+        b.take(live, outputs, into=data)
         if self._post is not None:
             await asyncio.gather(
                 *(
-                    stage(self._post, self._post_async, "postprocess", i, post)
+                    stage(self._post, self._post_async, "postprocess", i, b.post)
                     for i in range(n)
                     if not failed[i]
                 )
@@ -165,52 +204,25 @@ class ManyRuns:
         for i in range(n):
             if not failed[i]:
                 results[i] = data[i]
-        self._batch_stages(failed, pre, dict(zip(live, seconds, strict=True)), post)
+        self._batch_stages(b, dict(zip(live, seconds, strict=True)))
         return results
 
     def _run_many_sync(
         self, bodies: list[Any], states: list[dict[str, Any]], collects: list[CollectFn]
     ) -> list[Any | ModelyardError]:
-        n = len(bodies)
-        results: list[Any] = [None] * n
-        failed = [False] * n
-        data: list[Any] = list(bodies)
-        pre: list[float | None] = [None] * n
-        post: list[float | None] = [None] * n
+        b = _Batch(bodies)
+        results, data = b.results, b.data
         if self._pre is not None:
-            for i in range(n):
-                started = perf_counter()
-                try:
-                    data[i] = self._pre(bodies[i], states[i], collects[i])
-                except Exception as exc:
-                    results[i], failed[i] = _user_outcome(exc, "preprocess", self._errors), True
-                pre[i] = perf_counter() - started
-        live = [i for i in range(n) if not failed[i]]
+            b.stage_sync(self._pre, "preprocess", data, b.pre, states, collects, self._errors)
+        live = b.live()
         outputs, process = self._predict_stacked([data[i] for i in live], states, live, collects)
-        for i, out in zip(live, outputs, strict=True):
-            if isinstance(out, ModelyardError):
-                results[i], failed[i] = out, True
-            else:
-                results[i] = out
+        b.take(live, outputs, into=results)
         if self._post is not None:
-            for i in range(n):
-                if not failed[i]:
-                    started = perf_counter()
-                    try:
-                        results[i] = self._post(results[i], states[i], collects[i])
-                    except Exception as exc:
-                        results[i], failed[i] = _user_outcome(exc, "postprocess", self._errors), True
-                    post[i] = perf_counter() - started
-        self._batch_stages(failed, pre, dict(zip(live, process, strict=True)), post)
+            b.stage_sync(self._post, "postprocess", results, b.post, states, collects, self._errors)
+        self._batch_stages(b, dict(zip(live, process, strict=True)))
         return results
 
-    def _batch_stages(
-        self,
-        failed: list[bool],
-        pre: list[float | None],
-        process: dict[int, float],
-        post: list[float | None],
-    ) -> None:
+    def _batch_stages(self, b: _Batch, process: dict[int, float]) -> None:
         """Stage times of the answered requests of a batch (queue wait: the batcher's observer).
 
         Pre/postprocess run per request, so each request records its own time. The engine
@@ -223,9 +235,9 @@ class ManyRuns:
         inst = self.instruments
         if inst is None:
             return
-        for i, bad in enumerate(failed):
+        for i, bad in enumerate(b.failed):
             if not bad:
-                inst.stages(None, pre[i], process[i], post[i])
+                inst.stages(None, b.pre[i], process[i], b.post[i])
 
     def _predict_stacked(
         self, items: list[Any], states: list[dict[str, Any]], index: list[int], collects: list[CollectFn]
