@@ -260,7 +260,8 @@ class Settings(BaseSettings):
     stats_max_replicas: int = Field(default=50, ge=1)
     """Replica processes whose statistics the control plane keeps per service: a new one past
     this replaces the one that reported least recently (rows of replicas silent for 5 minutes
-    are dropped anyway), so random replica ids cannot grow the database."""
+    are dropped anyway), so random replica ids cannot grow the database. The replicas' status
+    reports (``/api/services/<s>/status``) are kept per service within the same bound."""
 
     metrics_dir: Path | None = None
     """Folder for prometheus_client's multiprocess files when a server runs several workers;

@@ -14,7 +14,8 @@ Some request bodies have rules JSON Schema cannot state (an upload's ``sha256`` 
 hash of the bytes sent; a canary needs one weight per target; ``model_id`` and a
 ``model_query`` exclude each other; file names are single path components of at most 200
 UTF-8 bytes; auto-deploy rule names must be Python regular expressions; a model ``url`` must
-be one the control plane may fetch). For those operations alone, schema-valid data may also
+be one the control plane may fetch; a replica's status report lists at most the service's
+endpoint versions + 16). For those operations alone, schema-valid data may also
 be refused with the 400 or 422 naming the rule (:data:`BODY_RULES`).
 """
 
@@ -45,6 +46,7 @@ BODY_RULES: dict[tuple[str, str], list[str]] = {
     ("POST", "/api/services/{service}/metrics"): ["422"],
     ("POST", "/api/services/{service}/auto-deploy"): ["400", "422"],
     ("PATCH", "/api/services/{service}/auto-deploy/{endpoint}"): ["400", "422"],
+    ("PUT", "/api/services/{service}/replicas/{replica_id}"): ["400"],
 }
 ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429"]
 """schemathesis' default for valid data, less 5xx: a server error is never an acceptable answer."""

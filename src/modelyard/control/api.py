@@ -170,7 +170,7 @@ def create_control_app(settings: Settings, *, engine_names: Iterable[str] | None
     db = Database(settings.resolved_database_url())
     upgrade(db)
     artifacts = ArtifactStore.from_settings(settings)  # also removes interrupted uploads
-    plane = ControlPlane(db, artifacts, engine_names=engine_names)
+    plane = ControlPlane(db, artifacts, engine_names=engine_names, max_replicas=settings.stats_max_replicas)
     plane.ensure_admin_token(settings.token_file())
     if settings.replica_token:  # Kubernetes: the replicas' token, from a Secret
         role = plane.tokens.register(settings.replica_token, "replica", REPLICA_TOKEN_NAME, replace=True)

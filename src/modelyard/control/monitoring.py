@@ -36,7 +36,7 @@ from modelyard.control.revisions import check_expected_revision
 from modelyard.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from modelyard.metrics_labels import UNKNOWN_ENDPOINT
 from modelyard.settings import Settings
-from modelyard.store import Database, EndpointRow, ServiceRow, utcnow
+from modelyard.store import Database, EndpointRow, ReplicaRow, ServiceRow, utcnow
 from modelyard.store.tables import CanaryRow, MetricRuleRow, ReplicaStatsRow
 
 STATS_FRESH_S = 30.0
@@ -101,6 +101,26 @@ def rules_of(session: Session, service_id: int) -> list[MetricRule]:
         select(MetricRuleRow).where(MetricRuleRow.service_id == service_id).order_by(MetricRuleRow.endpoint)
     )
     return [rule_from_row(r) for r in rows]
+
+
+def make_room(
+    session: Session, table: type[ReplicaStatsRow | ReplicaRow], service: str, max_replicas: int
+) -> None:
+    """Before a new replica's first row in ``table`` (statistics or status reports): drop the rows
+    of replicas silent for :data:`STATS_KEEP_S`, then the least recently updated past ``max_replicas``."""
+    session.execute(
+        delete(table).where(
+            table.service == service, table.updated_at < utcnow() - timedelta(seconds=STATS_KEEP_S)
+        )
+    )
+    excess = session.scalars(
+        select(table.id)
+        .where(table.service == service)
+        .order_by(table.updated_at.desc(), table.id.desc())
+        .offset(max_replicas - 1)
+    ).all()
+    if excess:
+        session.execute(delete(table).where(table.id.in_(excess)))
 
 
 class Monitoring:
@@ -250,21 +270,7 @@ class Monitoring:
         return current
 
     def _make_room(self, session: Session, service: str) -> None:
-        """Before a new replica's first row: drop silent replicas' rows, keep under ``max_replicas``."""
-        table = ReplicaStatsRow
-        session.execute(
-            delete(table).where(
-                table.service == service, table.updated_at < utcnow() - timedelta(seconds=STATS_KEEP_S)
-            )
-        )
-        excess = session.scalars(
-            select(table.id)
-            .where(table.service == service)
-            .order_by(table.updated_at.desc(), table.id.desc())
-            .offset(self.max_replicas - 1)
-        ).all()
-        if excess:
-            session.execute(delete(table).where(table.id.in_(excess)))
+        make_room(session, ReplicaStatsRow, service, self.max_replicas)
 
     def live(self, service: str, *, fresh_s: float = STATS_FRESH_S) -> dict[str, Any]:
         """Per endpoint version: request rate, error rate and p50/p99 over each replica's last window."""

@@ -15,7 +15,6 @@ import difflib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import bindparam, delete, select
@@ -25,6 +24,8 @@ from sqlalchemy.orm import Session
 from modelyard.artifacts import ArtifactStore
 from modelyard.config import ArtifactRef, ServiceConfig, check_name, split_endpoint_key
 from modelyard.control.endpoints import endpoint_from_row, render_service_config
+from modelyard.control.monitoring import DEFAULT_MAX_REPLICAS
+from modelyard.control.replicas import REPLICA_FRESH_S, ReplicaReports
 from modelyard.control.revisions import check_expected_revision
 from modelyard.control.schemas import (
     Endpoint,
@@ -32,7 +33,6 @@ from modelyard.control.schemas import (
     EndpointSpec,
     ModelQuery,
     ReplicaReport,
-    ReplicaStatus,
     Role,
     Service,
     ServiceStatus,
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ENGINE_NAMES = frozenset(
     {"sklearn", "xgboost", "lightgbm", "custom", "custom_async", "onnx", "pytorch", "tensorflow", "triton"}
 )
-REPLICA_FRESH_S = 60.0
-"""Replicas that have not reported for this long are left out of the status."""
 
 ChangeListener = Callable[[str], None]
 
@@ -75,12 +73,15 @@ class ControlPlane:
         *,
         registry: ModelRegistry | None = None,
         engine_names: Iterable[str] | None = None,
+        max_replicas: int = DEFAULT_MAX_REPLICAS,
     ) -> None:
+        """``max_replicas``: ``Settings.stats_max_replicas`` (status reports kept per service)."""
         self.db = db
         self.artifacts = artifacts
         self.registry = registry or ModelRegistry(db, artifacts)
         self.engine_names = frozenset(engine_names if engine_names is not None else DEFAULT_ENGINE_NAMES)
         self.tokens = TokenStore(db)
+        self.replicas = ReplicaReports(db, self._service_row, max_replicas=max_replicas)
         self._listeners: list[ChangeListener] = []
 
     # -- change notification ------------------------------------------------
@@ -365,48 +366,12 @@ class ControlPlane:
     # -- replicas ---------------------------------------------------------------
 
     def report_replica(self, service: str, replica_id: str, report: ReplicaReport) -> None:
-        """Keep the latest status report of one replica (an upsert by (service, replica_id))."""
-        endpoints = [e.model_dump(mode="json", exclude_none=True) for e in report.endpoints]
-        for _ in range(3):
-            try:
-                with self.db.write() as session:
-                    self._service_row(session, service)
-                    row = session.scalar(
-                        select(ReplicaRow).where(
-                            ReplicaRow.service == service, ReplicaRow.replica_id == replica_id
-                        )
-                    )
-                    if row is None:
-                        row = ReplicaRow(service=service, replica_id=replica_id)
-                        session.add(row)
-                    row.revision = report.revision
-                    row.endpoints = endpoints
-                    row.updated_at = utcnow()
-                return
-            except IntegrityError:
-                continue  # first reports of the same replica raced; the retry updates
-        raise Conflict(f"could not record the report of replica {replica_id!r}")
+        """Keep the latest status report of one replica (bounded: :mod:`modelyard.control.replicas`)."""
+        self.replicas.report(service, replica_id, report)
 
     def service_status(self, service: str, *, fresh_s: float = REPLICA_FRESH_S) -> ServiceStatus:
         """The service's revision and the replicas that reported within ``fresh_s`` seconds."""
-        since = utcnow() - timedelta(seconds=fresh_s)
-        with self.db.read() as session:
-            svc = self._service_row(session, service)
-            rows = session.scalars(
-                select(ReplicaRow)
-                .where(ReplicaRow.service == service, ReplicaRow.updated_at >= since)
-                .order_by(ReplicaRow.replica_id)
-            )
-            replicas = [
-                ReplicaStatus(
-                    id=r.replica_id,
-                    revision=r.revision,
-                    updated_at=r.updated_at,
-                    endpoints=list(r.endpoints or []),  # type: ignore[arg-type]
-                )
-                for r in rows
-            ]
-            return ServiceStatus(service=svc.name, revision=svc.revision, replicas=replicas)
+        return self.replicas.status(service, fresh_s=fresh_s)
 
     # -- tokens -----------------------------------------------------------------
 
