@@ -13,3 +13,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 echo "test-tools: prometheus and chromium are installed"
+# the container engine (podman and podman-compose unless docker runs) that
+# tests/deploy/test_compose_e2e.py builds the images with and runs deploy/compose.yaml on
+bash "$(dirname "$0")/podman-setup.sh" >/dev/null
