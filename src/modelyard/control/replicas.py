@@ -28,8 +28,10 @@ REPLICA_FRESH_S = 60.0
 """Replicas that have not reported for this long are left out of the status."""
 ENDPOINTS_MARGIN = 16
 """Entries a report may list beyond the service's endpoint versions (ones being removed)."""
-MAX_ERROR_CHARS = 500
-"""Longest error text kept per endpoint entry (a load error's traceback is cut)."""
+MAX_ERROR_CHARS = 1000
+"""Longest error text kept per endpoint entry: a backstop above what a replica sends itself (it
+cuts a user-code message to 500 characters, then adds where it happened), so an honest
+replica's text arrives whole and any other is bounded."""
 
 ServiceLookup = Callable[[Session, str], ServiceRow]
 
