@@ -294,3 +294,24 @@ def test_replica_role_and_the_upgrade_of_an_older_reader_replica_token(tmp_path:
         assert {t.name: t.role for t in store.list()}["ci"] == "replica"
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("raw", ["²", "1²", "-1", "0x10", "", "12 34"])
+def test_a_content_length_that_is_not_ascii_digits_is_a_400(raw: str) -> None:
+    """``"²".isdigit()`` is true but ``int("²")`` fails: the guard must answer 400, not 500."""
+    from starlette.datastructures import Headers
+
+    from modelyard.control.guard import declared_length
+    from modelyard.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="Content-Length"):
+        declared_length(Headers({"content-length": raw}))
+
+
+def test_an_absurdly_long_content_length_reads_as_too_large() -> None:
+    from starlette.datastructures import Headers
+
+    from modelyard.control.guard import declared_length
+
+    length = declared_length(Headers({"content-length": "9" * 5000}))
+    assert length is not None and length > 10**18
