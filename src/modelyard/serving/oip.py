@@ -360,6 +360,7 @@ class OipFront:
             raise BadRequest("the body must be a JSON object")
         return value
 
+
 class MethodNotAllowed(ModelyardError):
     kind = "method_not_allowed"
 
