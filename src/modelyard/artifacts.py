@@ -223,7 +223,7 @@ class ArtifactStore:
     def _age_s(self, path: str, now: float) -> float:
         try:
             modified = self.fs.modified(path)
-        except (NotImplementedError, FileNotFoundError, OSError, KeyError):
+        except (NotImplementedError, OSError, KeyError):  # filesystems without mtimes, a file gone
             return 0.0  # unknown: never removed for age
         if modified.tzinfo is None:
             modified = modified.replace(tzinfo=UTC)
